@@ -1,0 +1,83 @@
+// Package testbed starts a local QKD network on loopback: one agent process
+// per node, from a topology file, and describes it in endpoints.json.
+package testbed
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// EndpointsFile is the name of the file, in the state dir, that tells scripts
+// where every part of a running testbed is.
+const EndpointsFile = "endpoints.json"
+
+// Endpoints is the contract of endpoints.json. Paths are relative to the
+// file's folder. Fields may be added; none may be renamed.
+type Endpoints struct {
+	CACert string     `json:"ca_cert"`
+	KMMs   []KMMEntry `json:"kmms"`
+	SAEs   []SAEEntry `json:"saes"`
+}
+
+// KMMEntry is one node's KMM.
+type KMMEntry struct {
+	Node    string `json:"node"`
+	KMEID   string `json:"kme_id"`
+	URL     string `json:"url"`
+	GRPC    string `json:"grpc"`
+	Metrics string `json:"metrics"`
+}
+
+// SAEEntry is one SAE with its client certificate.
+type SAEEntry struct {
+	SAEID string `json:"sae_id"`
+	KMM   string `json:"kmm"`
+	Cert  string `json:"cert"`
+	Key   string `json:"key"`
+}
+
+// ReadEndpoints reads <dir>/endpoints.json and makes its paths absolute.
+func ReadEndpoints(dir string) (Endpoints, error) {
+	var e Endpoints
+	b, err := os.ReadFile(filepath.Join(dir, EndpointsFile))
+	if err != nil {
+		return e, err
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("%s: %w", filepath.Join(dir, EndpointsFile), err)
+	}
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	e.CACert = abs(e.CACert)
+	for i := range e.SAEs {
+		e.SAEs[i].Cert = abs(e.SAEs[i].Cert)
+		e.SAEs[i].Key = abs(e.SAEs[i].Key)
+	}
+	return e, nil
+}
+
+// KMM returns the entry of the given node.
+func (e Endpoints) KMM(node string) (KMMEntry, bool) {
+	for _, k := range e.KMMs {
+		if k.Node == node {
+			return k, true
+		}
+	}
+	return KMMEntry{}, false
+}
+
+// SAE returns the entry of the given SAE.
+func (e Endpoints) SAE(id string) (SAEEntry, bool) {
+	for _, s := range e.SAEs {
+		if s.SAEID == id {
+			return s, true
+		}
+	}
+	return SAEEntry{}, false
+}
