@@ -1,0 +1,294 @@
+// Package allocator is the KMM's Key Allocation Element: on the links where
+// this KMM is Master it moves keys from the link's unallocated pool to the key
+// streams that run over the link, by their QoS, on a periodic cycle (0.5 s in
+// the paper) and on demand, and has the Synchronizer tell the Slave KMM before
+// any allocated key can be served.
+package allocator
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/qkdnet/qkdnet/kmm/keystore"
+)
+
+// Store is what the allocator needs of the key store.
+type Store interface {
+	Streams() []keystore.Stream
+	StreamCount(streamID string) int
+	PoolCount(link string) int
+	Reserve(streamID, batchID string, n int) (keystore.Pending, error)
+	Commit(batchID string, unknown []string, maxRejects int) (int, error)
+	PendingBatches() ([]keystore.Pending, error)
+}
+
+// Syncer tells the Slave KMM of a link about an allocation and returns the
+// key IDs it does not hold. An error means the outcome is unknown; the batch
+// is sent again later with the same ID.
+type Syncer interface {
+	Allocate(ctx context.Context, p keystore.Pending) (unknown []string, err error)
+}
+
+// Config tunes the allocator.
+type Config struct {
+	// Period is the allocation cycle. Default 500 ms.
+	Period time.Duration
+	// MaxBatch bounds the keys of one Synchronizer message. Default 4096.
+	MaxBatch int
+	// MaxRejects is how often a key may be refused by the Slave KMM (it did
+	// not hold it yet) before it is destroyed. Default 3.
+	MaxRejects int
+	// SyncTimeout bounds one Synchronizer call. Default 5 s.
+	SyncTimeout time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.Period <= 0 {
+		c.Period = 500 * time.Millisecond
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 4096
+	}
+	if c.MaxRejects <= 0 {
+		c.MaxRejects = 3
+	}
+	if c.SyncTimeout <= 0 {
+		c.SyncTimeout = 5 * time.Second
+	}
+}
+
+// Allocator allocates keys on the links where this KMM is Master.
+type Allocator struct {
+	store  Store
+	sync   Syncer
+	master func(link string) bool
+	cfg    Config
+	logger *slog.Logger
+	wake   chan struct{}
+
+	mu    sync.Mutex // guards links
+	links map[string]*sync.Mutex
+}
+
+// New returns an allocator for the links for which master reports true.
+func New(store Store, syncer Syncer, master func(link string) bool, cfg Config, logger *slog.Logger) *Allocator {
+	cfg.defaults()
+	return &Allocator{
+		store: store, sync: syncer, master: master, cfg: cfg, logger: logger,
+		wake:  make(chan struct{}, 1),
+		links: map[string]*sync.Mutex{},
+	}
+}
+
+// linkLock serialises allocation per link: the periodic cycle and on-demand
+// requests must not reserve the same pool keys' sequence numbers at once.
+func (a *Allocator) linkLock(link string) *sync.Mutex {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m, ok := a.links[link]
+	if !ok {
+		m = &sync.Mutex{}
+		a.links[link] = m
+	}
+	return m
+}
+
+// Wake asks for a cycle now instead of at the next tick.
+func (a *Allocator) Wake() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs allocation cycles until ctx is done.
+func (a *Allocator) Run(ctx context.Context) error {
+	t := time.NewTicker(a.cfg.Period)
+	defer t.Stop()
+	for {
+		a.Cycle(ctx)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		case <-a.wake:
+		}
+	}
+}
+
+// Cycle runs one allocation cycle on every link where this KMM is Master.
+func (a *Allocator) Cycle(ctx context.Context) {
+	byLink := map[string][]keystore.Stream{}
+	for _, st := range a.store.Streams() {
+		if a.master(st.Link) {
+			byLink[st.Link] = append(byLink[st.Link], st)
+		}
+	}
+	for link, streams := range byLink {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := a.cycleLink(ctx, link, streams); err != nil && ctx.Err() == nil {
+			a.logger.WarnContext(ctx, "allocation cycle incomplete", "link", link, "err", err)
+		}
+	}
+}
+
+func (a *Allocator) cycleLink(ctx context.Context, link string, streams []keystore.Stream) error {
+	m := a.linkLock(link)
+	m.Lock()
+	defer m.Unlock()
+	if err := a.resendPending(ctx, link); err != nil {
+		return err
+	}
+	plan := Plan(streams, a.store.StreamCount, a.store.PoolCount(link), a.cfg.Period)
+	var errs []error
+	for _, p := range plan {
+		if _, err := a.allocate(ctx, p.StreamID, p.Keys); err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", p.StreamID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Grant is the number of keys one stream gets in a cycle.
+type Grant struct {
+	StreamID string
+	Keys     int
+}
+
+// Plan divides the available pool keys among streams by QoS. First, in order
+// of priority, every stream gets what its key rate promises for one period
+// (at least one key), up to its free buffer; then what is left fills free
+// buffers, again by priority. It is a pure function so the policy is tested
+// on its own.
+func Plan(streams []keystore.Stream, held func(streamID string) int, available int, period time.Duration) []Grant {
+	type want struct {
+		id        string
+		free, got int
+		promised  int
+		priority  uint32
+	}
+	ws := make([]*want, 0, len(streams))
+	for _, st := range streams {
+		free := int(st.QoS.MaxBuffer) - held(st.ID)
+		if free <= 0 {
+			continue
+		}
+		promised := int(math.Ceil(float64(st.QoS.KeyRate) * period.Seconds()))
+		if promised < 1 {
+			promised = 1
+		}
+		ws = append(ws, &want{id: st.ID, free: free, promised: promised, priority: st.QoS.Priority})
+	}
+	sort.SliceStable(ws, func(i, j int) bool {
+		if ws[i].priority != ws[j].priority {
+			return ws[i].priority > ws[j].priority
+		}
+		return ws[i].id < ws[j].id
+	})
+	for _, w := range ws {
+		n := min(w.promised, w.free, available)
+		w.got += n
+		available -= n
+	}
+	for _, w := range ws {
+		n := min(w.free-w.got, available)
+		w.got += n
+		available -= n
+	}
+	var out []Grant
+	for _, w := range ws {
+		if w.got > 0 {
+			out = append(out, Grant{StreamID: w.id, Keys: w.got})
+		}
+	}
+	return out
+}
+
+// Fill makes the stream hold at least want keys if the pool allows, now; it
+// is the on-demand path of an SAE request. It returns how many keys it
+// allocated.
+func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (int, error) {
+	m := a.linkLock(link)
+	m.Lock()
+	defer m.Unlock()
+	if err := a.resendPending(ctx, link); err != nil {
+		return 0, err
+	}
+	need := want - a.store.StreamCount(streamID)
+	if need <= 0 {
+		return 0, nil
+	}
+	return a.allocate(ctx, streamID, need)
+}
+
+// allocate reserves up to n keys in batches, synchronises each with the
+// Slave KMM and commits it. It stops at the first batch the pool cannot
+// supply or the Slave does not answer.
+func (a *Allocator) allocate(ctx context.Context, streamID string, n int) (int, error) {
+	total := 0
+	for n > 0 {
+		p, err := a.store.Reserve(streamID, newBatchID(), min(n, a.cfg.MaxBatch))
+		if errors.Is(err, keystore.ErrNotEnoughKeys) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		got, err := a.settle(ctx, p)
+		if err != nil {
+			return total, err
+		}
+		total += got
+		n -= len(p.KeyIDs)
+	}
+	return total, nil
+}
+
+// settle sends a reserved batch to the Slave KMM and commits the answer. On a
+// failed call the batch stays pending, to be resent with the same ID.
+func (a *Allocator) settle(ctx context.Context, p keystore.Pending) (int, error) {
+	cctx, cancel := context.WithTimeout(ctx, a.cfg.SyncTimeout)
+	unknown, err := a.sync.Allocate(cctx, p)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("synchronise batch %s with slave KMM: %w", p.BatchID, err)
+	}
+	if len(unknown) > 0 {
+		a.logger.InfoContext(ctx, "slave KMM does not hold some keys yet", "link", p.Link, "stream", p.Stream.ID, "unknown", len(unknown), "batch", len(p.KeyIDs))
+	}
+	return a.store.Commit(p.BatchID, unknown, a.cfg.MaxRejects)
+}
+
+// resendPending settles the batches of link left pending by a failed call or
+// a crash, oldest first by sequence number. The caller holds the link lock.
+func (a *Allocator) resendPending(ctx context.Context, link string) error {
+	pending, err := a.store.PendingBatches()
+	if err != nil {
+		return err
+	}
+	sort.Slice(pending, func(i, j int) bool { return pending[i].FirstSeq < pending[j].FirstSeq })
+	for _, p := range pending {
+		if p.Link != link {
+			continue
+		}
+		if _, err := a.settle(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func newBatchID() string {
+	return uuid.Must(uuid.NewRandomFromReader(rand.Reader)).String()
+}

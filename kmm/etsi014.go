@@ -1,0 +1,258 @@
+package kmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/kmm/keystore"
+	"github.com/qkdnet/qkdnet/pki"
+)
+
+// The App Request Handler: ETSI GS QKD 014 V1.1.1 on top of the key store.
+// A key served here is erased in the same transaction that hands it out, so
+// a crash can lose a key an SAE never saw but can never serve one twice.
+
+// caller returns the SAE making the request; it must be attached to this node.
+func (k *KMM) caller(ctx context.Context) (string, error) {
+	id, err := pki.Caller(ctx)
+	if err != nil {
+		return "", unauthorized("the request carries no verified SAE client certificate")
+	}
+	if id.Kind != pki.KindSAE {
+		return "", unauthorized(fmt.Sprintf("certificate identifies %s, not an SAE", id))
+	}
+	node, ok := k.topo.SAENode(id.ID)
+	if !ok || node != k.set.Node {
+		return "", unauthorized(fmt.Sprintf("SAE %q is not attached to %s", id.ID, k.set.KMEID))
+	}
+	return id.ID, nil
+}
+
+// partsPerKey is how many link keys make one key of sizeBits.
+func partsPerKey(sizeBits, keyBytes int) int {
+	if keyBytes <= 0 {
+		keyBytes = 32
+	}
+	return (sizeBits/8 + keyBytes - 1) / keyBytes
+}
+
+func (k *KMM) observe(method string, start time.Time, err error) {
+	if k.stats != nil {
+		k.stats.ObserveRequest(method, httpCode(err), time.Since(start))
+	}
+}
+
+// GetStatus implements ETSI 014 "Get status".
+func (k *KMM) GetStatus(ctx context.Context, req *qkdv1.GetStatusRequest) (_ *qkdv1.Status, err error) {
+	start := time.Now()
+	defer func() { err = k.toStatus(ctx, err); k.observe("status", start, err) }()
+	master, err := k.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slave := req.GetSlaveSaeId()
+	if slave == master {
+		return nil, badRequest("slave_SAE_ID", "names the caller itself")
+	}
+	st, link, err := k.openStream(ctx, master, slave)
+	if err != nil {
+		return nil, err
+	}
+	node, _ := k.topo.SAENode(slave)
+	target, _ := k.topo.KMEID(node)
+	per := partsPerKey(k.set.KeySize, link.KeyBytes)
+	ext, err := k.statusExtension(link, st)
+	if err != nil {
+		return nil, err
+	}
+	return &qkdv1.Status{
+		SourceKmeId:      k.set.KMEID,
+		TargetKmeId:      target,
+		MasterSaeId:      master,
+		SlaveSaeId:       slave,
+		KeySize:          int32(k.set.KeySize),
+		StoredKeyCount:   int32(k.store.StreamCount(st.ID) / per),
+		MaxKeyCount:      int32(int(st.QoS.MaxBuffer) / per),
+		MaxKeyPerRequest: int32(k.set.MaxKeysPerRequest),
+		MaxKeySize:       int32(k.set.MaxKeySize),
+		MinKeySize:       int32(k.set.MinKeySize),
+		MaxSaeIdCount:    0,
+		StatusExtension:  ext,
+	}, nil
+}
+
+// statusExtension reports the Statistics Manager's figures for the stream.
+func (k *KMM) statusExtension(link Link, st keystore.Stream) (*structpb.Struct, error) {
+	if k.stats == nil {
+		return nil, nil
+	}
+	snap := k.stats.For(link.ID, st.ID)
+	toMap := func(m map[string]uint64) map[string]any {
+		out := make(map[string]any, len(m))
+		for k, v := range m {
+			out[k] = float64(v)
+		}
+		return out
+	}
+	return structpb.NewStruct(map[string]any{
+		"stream_id": st.ID,
+		"link_id":   link.ID,
+		"kmm_role":  map[bool]string{true: "master", false: "slave"}[link.Master],
+		"qos": map[string]any{
+			"key_rate":   float64(st.QoS.KeyRate),
+			"max_buffer": float64(st.QoS.MaxBuffer),
+			"priority":   float64(st.QoS.Priority),
+		},
+		"pool_keys":    float64(snap.Pool),
+		"stream_keys":  float64(snap.Stored),
+		"link_stats":   toMap(snap.Link),
+		"stream_stats": toMap(snap.Stream),
+	})
+}
+
+// GetKey implements ETSI 014 "Get key" (enc_keys).
+func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.KeyContainer, err error) {
+	start := time.Now()
+	defer func() { err = k.toStatus(ctx, err); k.observe("enc_keys", start, err) }()
+	master, err := k.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slave := req.GetSlaveSaeId()
+	if slave == master {
+		return nil, badRequest("slave_SAE_ID", "names the caller itself")
+	}
+	number := int(req.GetNumber())
+	switch {
+	case number == 0:
+		number = 1
+	case number < 0:
+		return nil, badRequest("number", "must be at least 1")
+	case number > k.set.MaxKeysPerRequest:
+		return nil, badRequest("number", fmt.Sprintf("exceeds max_key_per_request %d", k.set.MaxKeysPerRequest))
+	}
+	size := int(req.GetSize())
+	switch {
+	case size == 0:
+		size = k.set.KeySize
+	case size%8 != 0:
+		return nil, badRequest("size", "not a multiple of 8")
+	case size < k.set.MinKeySize || size > k.set.MaxKeySize:
+		return nil, badRequest("size", fmt.Sprintf("outside [min_key_size %d, max_key_size %d]", k.set.MinKeySize, k.set.MaxKeySize))
+	}
+	if len(req.GetAdditionalSlaveSaeIds()) > 0 {
+		return nil, badRequest("additional_slave_SAE_IDs", "multicast is not supported (max_SAE_ID_count is 0)")
+	}
+	if ext := req.GetExtensionMandatory(); len(ext) > 0 {
+		var names []string
+		for _, e := range ext {
+			for name := range e.GetFields() {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		return nil, badRequest("extension_mandatory", "unsupported extension: "+strings.Join(names, ", "))
+	}
+	st, link, err := k.openStream(ctx, master, slave)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := k.store.TakeNext(st.ID, number, size)
+	if errors.Is(err, keystore.ErrNotEnoughKeys) {
+		want := number * partsPerKey(size, link.KeyBytes)
+		if ferr := k.fill(ctx, st, link, want); ferr != nil {
+			k.logger.WarnContext(ctx, "on-demand allocation failed", "stream", st.ID, "err", ferr)
+		}
+		keys, err = k.store.TakeNext(st.ID, number, size)
+	}
+	if errors.Is(err, keystore.ErrNotEnoughKeys) {
+		return nil, unavailable(fmt.Sprintf("not enough key material for %s right now (%d keys of %d bits asked); retry later", st.ID, number, size))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if link.Master && k.store.StreamCount(st.ID) < int(st.QoS.MaxBuffer)/2 {
+		k.alloc.Wake()
+	}
+	return container(keys), nil
+}
+
+// GetKeyWithKeyIDs implements ETSI 014 "Get key with key IDs" (dec_keys).
+func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsRequest) (_ *qkdv1.KeyContainer, err error) {
+	start := time.Now()
+	defer func() { err = k.toStatus(ctx, err); k.observe("dec_keys", start, err) }()
+	slave, err := k.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	master := req.GetMasterSaeId()
+	if _, ok := k.topo.SAENode(master); !ok {
+		return nil, badRequest("master_SAE_ID", fmt.Sprintf("unknown SAE %q", master))
+	}
+	var ids []string
+	if id := req.GetKeyId(); id != "" {
+		ids = append(ids, id)
+	}
+	for i, kid := range req.GetKeyIds() {
+		if kid.GetKeyId() == "" {
+			return nil, badRequest(fmt.Sprintf("key_IDs[%d].key_ID", i), "is required")
+		}
+		ids = append(ids, kid.GetKeyId())
+	}
+	switch {
+	case len(ids) == 0:
+		return nil, badRequest("key_IDs", "at least one key_ID is required")
+	case len(ids) > k.set.MaxKeysPerRequest:
+		return nil, badRequest("key_IDs", fmt.Sprintf("more than max_key_per_request %d", k.set.MaxKeysPerRequest))
+	}
+	streamID := StreamID(master, slave)
+	keys, err := k.store.TakeIDs(streamID, ids)
+	var ke *keystore.KeyError
+	if errors.As(err, &ke) {
+		if errors.Is(err, keystore.ErrUnknownKey) {
+			for _, other := range k.store.Streams() {
+				if other.MasterSAE == master && other.ID != streamID && k.store.Holds(other.ID, ke.KeyID) {
+					return nil, unauthorized(fmt.Sprintf("key_ID %s was not issued for SAE %s", ke.KeyID, slave))
+				}
+			}
+			return nil, badRequest("key_ID", fmt.Sprintf("%s: unknown, already delivered or expired", ke.KeyID))
+		}
+		return nil, badRequest("key_ID", ke.Error())
+	}
+	if err != nil {
+		return nil, err
+	}
+	return container(keys), nil
+}
+
+func container(keys []keystore.Served) *qkdv1.KeyContainer {
+	out := &qkdv1.KeyContainer{Keys: make([]*qkdv1.Key, len(keys))}
+	for i, key := range keys {
+		out.Keys[i] = &qkdv1.Key{KeyId: key.KeyID, Key: key.Key}
+	}
+	return out
+}
+
+func httpCode(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	switch status.Code(err) {
+	case codes.InvalidArgument:
+		return http.StatusBadRequest
+	case codes.Unauthenticated:
+		return http.StatusUnauthorized
+	default:
+		return http.StatusServiceUnavailable
+	}
+}

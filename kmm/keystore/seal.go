@@ -1,0 +1,162 @@
+package keystore
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"sync"
+)
+
+// kekSize is the size of the node key-encryption key: AES-256.
+const kekSize = 32
+
+// dekRotation bounds how many keys one data-encryption key seals. Nonces are
+// random (96 bits); NIST SP 800-38D allows 2^32 random nonces per key, and a
+// fast link would reach that within a day, so every 2^20 seals a new DEK is
+// derived from the KEK under a fresh random label.
+const dekRotation = 1 << 20
+
+// dekIDSize is the size of the random label a DEK is derived under; it is
+// stored in front of every sealed key.
+const dekIDSize = 8
+
+// sealer seals keys with AES-256-GCM under DEKs derived from the node KEK,
+// binding each key's ID as associated data so a sealed blob cannot be moved
+// to another key_ID.
+type sealer struct {
+	kek []byte
+
+	mu    sync.Mutex // guards cur, curID, used, cache
+	cur   cipher.AEAD
+	curID [dekIDSize]byte
+	used  int
+	cache map[[dekIDSize]byte]cipher.AEAD
+}
+
+// loadKEK reads the node KEK from path, creating it (mode 0600) if missing.
+func loadKEK(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		b = make([]byte, kekSize)
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create key-encryption key: %w", err)
+		}
+		if _, err := f.Write(b); err != nil {
+			f.Close()
+			return nil, err
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return b, f.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read key-encryption key: %w", err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("key-encryption key %s has mode %v; it must not be readable by group or others (chmod 600)", path, st.Mode().Perm())
+	}
+	if len(b) != kekSize {
+		return nil, fmt.Errorf("key-encryption key %s holds %d bytes, want %d", path, len(b), kekSize)
+	}
+	return b, nil
+}
+
+func newSealer(kek []byte) *sealer {
+	return &sealer{kek: kek, cache: map[[dekIDSize]byte]cipher.AEAD{}}
+}
+
+func (s *sealer) dek(id [dekIDSize]byte) (cipher.AEAD, error) {
+	if a, ok := s.cache[id]; ok {
+		return a, nil
+	}
+	k, err := hkdf.Key(sha256.New, s.kek, id[:], "qkdnet keystore DEK v1", 32)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(k)
+	block, err := aes.NewCipher(k)
+	if err != nil {
+		return nil, err
+	}
+	a, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	// Few DEKs are alive at once (one per 2^20 keys); a bound keeps a
+	// long-lived node from growing the cache without end.
+	if len(s.cache) > 64 {
+		clear(s.cache)
+	}
+	s.cache[id] = a
+	return a, nil
+}
+
+func aad(keyID string) []byte {
+	return append([]byte("qkdnet key v1\x00"), keyID...)
+}
+
+// seal returns dekID || nonce || ciphertext+tag.
+func (s *sealer) seal(keyID string, key []byte) ([]byte, error) {
+	s.mu.Lock()
+	if s.cur == nil || s.used >= dekRotation {
+		var id [dekIDSize]byte
+		if _, err := rand.Read(id[:]); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		a, err := s.dek(id)
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.cur, s.curID, s.used = a, id, 0
+	}
+	a, id := s.cur, s.curID
+	s.used++
+	s.mu.Unlock()
+
+	out := make([]byte, dekIDSize+a.NonceSize(), dekIDSize+a.NonceSize()+len(key)+a.Overhead())
+	copy(out, id[:])
+	if _, err := rand.Read(out[dekIDSize:]); err != nil {
+		return nil, err
+	}
+	return a.Seal(out, out[dekIDSize:], key, aad(keyID)), nil
+}
+
+// open returns the plaintext key; the caller zeroes it when done.
+func (s *sealer) open(keyID string, sealed []byte) ([]byte, error) {
+	if len(sealed) < dekIDSize+12+16 {
+		return nil, errors.New("sealed key too short")
+	}
+	var id [dekIDSize]byte
+	copy(id[:], sealed)
+	s.mu.Lock()
+	a, err := s.dek(id)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	ns := a.NonceSize()
+	nonce := sealed[dekIDSize : dekIDSize+ns]
+	pt, err := a.Open(nil, nonce, sealed[dekIDSize+ns:], aad(keyID))
+	if err != nil {
+		return nil, fmt.Errorf("key %s fails authentication: %w", keyID, ErrCorrupt)
+	}
+	return pt, nil
+}

@@ -1,0 +1,1175 @@
+// Package keystore is the KMM's Key Store, App Store and Metric Store: keys,
+// key streams and counters in one embedded transactional store on disk
+// (bbolt), every key sealed with AES-256-GCM under the node key-encryption key.
+//
+// A key's life is a sequence of transactions, each one durable before it is
+// acknowledged to anyone:
+//
+//	AddToPool        driver → unallocated pool of its link
+//	Reserve/Commit   (Master KMM) pool → pending batch → stream, around the
+//	                 Synchronizer's call to the Slave KMM
+//	Apply            (Slave KMM) pool → stream, idempotent per batch
+//	TakeNext/TakeIDs stream → served to the SAE, erased in the same transaction
+//	Expire           pool or stream → destroyed when its lifetime ends
+//
+// Writes go through one goroutine that commits every write waiting at that
+// moment in one bbolt transaction (group commit), so concurrent SAE requests
+// share an fsync instead of queueing for one each.
+package keystore
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/qkdnet/qkdnet/driver"
+)
+
+// Errors a caller can act on.
+var (
+	ErrNotEnoughKeys = errors.New("not enough keys")
+	ErrUnknownKey    = errors.New("unknown key_ID")
+	ErrUnknownStream = errors.New("unknown key stream")
+	ErrCorrupt       = errors.New("key store record corrupt")
+	ErrClosed        = errors.New("key store closed")
+)
+
+// Top-level buckets. Per-link and per-stream data sit in sub-buckets named by
+// the link or stream ID.
+var (
+	bucketPool    = []byte("pool")    // link → poolSeq → record
+	bucketPoolIdx = []byte("poolidx") // link → key_ID → poolSeq
+	bucketKeys    = []byte("keys")    // stream → seq → record
+	bucketStreams = []byte("streams") // stream ID → JSON Stream
+	bucketPending = []byte("pending") // batch ID → JSON pendingBatch (Master KMM)
+	bucketApplied = []byte("applied") // batch ID → JSON appliedBatch (Slave KMM)
+	bucketStats   = []byte("stats")   // counter name → uint64
+)
+
+// QoS is what a key stream asks of the key allocation element.
+type QoS struct {
+	KeyRate   uint32 `json:"key_rate"`
+	MaxBuffer uint32 `json:"max_buffer"`
+	Priority  uint32 `json:"priority"`
+}
+
+// Stream is a key delivery service (KDS): keys from MasterSAE to SlaveSAE over
+// Link. The App Store holds one per SAE pair and direction.
+type Stream struct {
+	ID        string `json:"id"`
+	MasterSAE string `json:"master_sae"`
+	SlaveSAE  string `json:"slave_sae"`
+	Link      string `json:"link"`
+	QoS       QoS    `json:"qos"`
+	// NextSeq is the sequence number the Master KMM gives the next key it
+	// allocates to the stream.
+	NextSeq uint64 `json:"next_seq"`
+}
+
+// Options tune a Store.
+type Options struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger gets structured logs; nil discards them.
+	Logger *slog.Logger
+	// NoSync skips fsync. Only for benchmarks of something else; a node
+	// running with it loses acknowledged keys on power loss.
+	NoSync bool
+}
+
+// Store is the node's key store.
+type Store struct {
+	db     *bolt.DB
+	seal   *sealer
+	now    func() time.Time
+	logger *slog.Logger
+
+	ops       chan *op
+	closing   chan struct{}
+	writerWG  sync.WaitGroup
+	closeOnce sync.Once
+
+	mu       sync.Mutex // guards the fields below, the in-memory mirror of committed state
+	pool     map[string]int
+	inStream map[string]int
+	streams  map[string]Stream
+	counters map[string]uint64
+	changed  chan struct{} // closed and replaced whenever pool or stream sizes change
+}
+
+// Open opens (creating if needed) the store in dir: dir/kek holds the node
+// key-encryption key and dir/keys.db the keys, both mode 0600.
+func Open(dir string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	kek, err := loadKEK(filepath.Join(dir, "kek"))
+	if err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(filepath.Join(dir, "keys.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync})
+	if err != nil {
+		return nil, fmt.Errorf("open key store: %w", err)
+	}
+	s := &Store{
+		db:       db,
+		seal:     newSealer(kek),
+		now:      opts.Now,
+		logger:   opts.Logger,
+		ops:      make(chan *op, 1024),
+		closing:  make(chan struct{}),
+		pool:     map[string]int{},
+		inStream: map[string]int{},
+		streams:  map[string]Stream{},
+		counters: map[string]uint64{},
+		changed:  make(chan struct{}),
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.writerWG.Add(1)
+	go s.writer()
+	return s, nil
+}
+
+// load creates the buckets and mirrors sizes, streams and counters in memory.
+func (s *Store) load() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketPool, bucketPoolIdx, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bucketPool).ForEachBucket(func(k []byte) error {
+			s.pool[string(k)] = tx.Bucket(bucketPool).Bucket(k).Stats().KeyN
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketKeys).ForEachBucket(func(k []byte) error {
+			s.inStream[string(k)] = tx.Bucket(bucketKeys).Bucket(k).Stats().KeyN
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketStreams).ForEach(func(k, v []byte) error {
+			var st Stream
+			if err := json.Unmarshal(v, &st); err != nil {
+				return fmt.Errorf("stream %q: %w", k, ErrCorrupt)
+			}
+			s.streams[st.ID] = st
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketStats).ForEach(func(k, v []byte) error {
+			if len(v) == 8 {
+				s.counters[string(k)] = binary.BigEndian.Uint64(v)
+			}
+			return nil
+		})
+	})
+}
+
+// Close stops the writer and closes the database.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.writerWG.Wait()
+		err = s.db.Close()
+	})
+	return err
+}
+
+// Path is the database file, for tests that inspect what is on disk.
+func (s *Store) Path() string { return s.db.Path() }
+
+// ---- group commit ----
+
+type op struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// rejected marks an error returned by an op before it wrote anything, so the
+// other ops of the same transaction can still commit.
+type rejected struct{ err error }
+
+func (r rejected) Error() string {
+	if r.err == nil {
+		return "rejected"
+	}
+	return r.err.Error()
+}
+func (r rejected) Unwrap() error { return r.err }
+
+func reject(err error) error { return rejected{err} }
+
+// update runs fn in a write transaction shared with whatever other writes are
+// waiting, and returns once that transaction is durable (or fn's error).
+// fn may run more than once; it must return reject(err) if it fails before
+// writing anything, and any other error aborts the shared transaction (then
+// every op is rerun alone).
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	o := &op{fn: fn, done: make(chan error, 1)}
+	select {
+	case s.ops <- o:
+	case <-s.closing:
+		return ErrClosed
+	}
+	err := <-o.done
+	var r rejected
+	if errors.As(err, &r) {
+		return r.err
+	}
+	return err
+}
+
+// maxGroup bounds the writes in one transaction so one commit stays short.
+const maxGroup = 256
+
+func (s *Store) writer() {
+	defer s.writerWG.Done()
+	batch := make([]*op, 0, maxGroup)
+	for {
+		var first *op
+		select {
+		case first = <-s.ops:
+		case <-s.closing:
+			// Refuse whatever is still queued.
+			for {
+				select {
+				case o := <-s.ops:
+					o.done <- ErrClosed
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < maxGroup {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+func (s *Store) commit(batch []*op) {
+	results := make([]error, len(batch))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for i, o := range batch {
+			err := o.fn(tx)
+			var r rejected
+			if err != nil && !errors.As(err, &r) {
+				return err
+			}
+			results[i] = err
+		}
+		return nil
+	})
+	if err == nil {
+		for i, o := range batch {
+			o.done <- results[i]
+		}
+		return
+	}
+	if len(batch) == 1 {
+		batch[0].done <- err
+		return
+	}
+	// One op failed after writing: the shared transaction rolled back, so run
+	// each alone and give each its own answer.
+	for _, o := range batch {
+		o.done <- s.db.Update(o.fn)
+	}
+}
+
+// ---- in-memory mirror, updated only after a commit ----
+
+func (s *Store) afterCommit(tx *bolt.Tx, f func()) {
+	tx.OnCommit(func() {
+		s.mu.Lock()
+		f()
+		ch := s.changed
+		s.changed = make(chan struct{})
+		s.mu.Unlock()
+		close(ch)
+	})
+}
+
+// Changed returns a channel that is closed the next time pool or stream sizes
+// change; callers waiting for room or for keys select on it.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// PoolCount is the number of unallocated keys of a link.
+func (s *Store) PoolCount(link string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pool[link]
+}
+
+// StreamCount is the number of allocated, not yet served keys of a stream.
+func (s *Store) StreamCount(streamID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inStream[streamID]
+}
+
+// Counters returns a copy of every counter of the Metric Store.
+func (s *Store) Counters() map[string]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]uint64, len(s.counters))
+	for k, v := range s.counters {
+		out[k] = v
+	}
+	return out
+}
+
+// Counter names. Each step of a key's life adds to one of these, in the same
+// transaction as the step.
+func linkCounter(link, what string) string     { return "link/" + link + "/" + what }
+func streamCounter(stream, what string) string { return "stream/" + stream + "/" + what }
+
+// ParseCounter splits a counter name into scope ("link" or "stream"), the
+// link or stream ID, and what is counted.
+func ParseCounter(name string) (scope, id, what string, ok bool) {
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' {
+			scope = name[:i]
+			rest := name[i+1:]
+			for j := len(rest) - 1; j >= 0; j-- {
+				if rest[j] == '/' {
+					return scope, rest[:j], rest[j+1:], true
+				}
+			}
+			return "", "", "", false
+		}
+	}
+	return "", "", "", false
+}
+
+// add increments counters inside tx and mirrors them after commit.
+func (s *Store) add(tx *bolt.Tx, deltas map[string]uint64) error {
+	b := tx.Bucket(bucketStats)
+	for name, d := range deltas {
+		if d == 0 {
+			continue
+		}
+		var cur uint64
+		if v := b.Get([]byte(name)); len(v) == 8 {
+			cur = binary.BigEndian.Uint64(v)
+		}
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], cur+d)
+		if err := b.Put([]byte(name), buf[:]); err != nil {
+			return err
+		}
+	}
+	tx.OnCommit(func() {
+		s.mu.Lock()
+		for name, d := range deltas {
+			s.counters[name] += d
+		}
+		s.mu.Unlock()
+	})
+	return nil
+}
+
+// ---- records ----
+
+// record is a stored key: when it was supplied, how often the peer KMM did not
+// know it, its QKD key_ID and the sealed bytes.
+type record struct {
+	created int64 // unix nanoseconds
+	rejects uint8
+	keyID   string
+	sealed  []byte
+}
+
+func (r record) encode() []byte {
+	b := make([]byte, 0, 8+1+binary.MaxVarintLen64+len(r.keyID)+len(r.sealed))
+	b = binary.BigEndian.AppendUint64(b, uint64(r.created))
+	b = append(b, r.rejects)
+	b = binary.AppendUvarint(b, uint64(len(r.keyID)))
+	b = append(b, r.keyID...)
+	return append(b, r.sealed...)
+}
+
+// decodeRecord copies out of v, which bbolt owns only for the transaction.
+func decodeRecord(v []byte) (record, error) {
+	if len(v) < 10 {
+		return record{}, ErrCorrupt
+	}
+	r := record{created: int64(binary.BigEndian.Uint64(v)), rejects: v[8]}
+	n, w := binary.Uvarint(v[9:])
+	if w <= 0 || uint64(len(v)-9-w) < n {
+		return record{}, ErrCorrupt
+	}
+	off := 9 + w
+	r.keyID = string(v[off : off+int(n)])
+	r.sealed = append([]byte(nil), v[off+int(n):]...)
+	return r, nil
+}
+
+func u64(n uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], n)
+	return b[:]
+}
+
+// ---- pool ----
+
+// AddToPool seals keys and appends them, in order, to the link's pool. A key
+// whose ID the pool already holds is skipped, so a driver may re-deliver a
+// batch after a crash. The caller keeps ownership of the key bytes.
+func (s *Store) AddToPool(link string, keys []driver.Key) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	now := s.now().UnixNano()
+	sealed := make([][]byte, len(keys))
+	for i, k := range keys {
+		if k.ID == "" || len(k.Bytes) == 0 {
+			return fmt.Errorf("driver key %d of link %s has an empty ID or no bytes", i, link)
+		}
+		b, err := s.seal.seal(k.ID, k.Bytes)
+		if err != nil {
+			return err
+		}
+		sealed[i] = b
+	}
+	return s.update(func(tx *bolt.Tx) error {
+		pool, err := tx.Bucket(bucketPool).CreateBucketIfNotExists([]byte(link))
+		if err != nil {
+			return err
+		}
+		idx, err := tx.Bucket(bucketPoolIdx).CreateBucketIfNotExists([]byte(link))
+		if err != nil {
+			return err
+		}
+		added := 0
+		for i, k := range keys {
+			if idx.Get([]byte(k.ID)) != nil {
+				continue
+			}
+			seq, err := pool.NextSequence()
+			if err != nil {
+				return err
+			}
+			if err := pool.Put(u64(seq), record{created: now, keyID: k.ID, sealed: sealed[i]}.encode()); err != nil {
+				return err
+			}
+			if err := idx.Put([]byte(k.ID), u64(seq)); err != nil {
+				return err
+			}
+			added++
+		}
+		s.afterCommit(tx, func() { s.pool[link] += added })
+		return s.add(tx, map[string]uint64{linkCounter(link, "supplied"): uint64(added)})
+	})
+}
+
+// ---- streams (App Store) ----
+
+// PutStream creates a stream or updates its QoS; an existing stream keeps its
+// link and sequence counter.
+func (s *Store) PutStream(st Stream) (Stream, error) {
+	var out Stream
+	err := s.update(func(tx *bolt.Tx) error {
+		var err error
+		out, err = s.putStream(tx, st)
+		return err
+	})
+	return out, err
+}
+
+func (s *Store) putStream(tx *bolt.Tx, st Stream) (Stream, error) {
+	if st.ID == "" || st.Link == "" {
+		return Stream{}, reject(errors.New("stream needs an ID and a link"))
+	}
+	b := tx.Bucket(bucketStreams)
+	if v := b.Get([]byte(st.ID)); v != nil {
+		var old Stream
+		if err := json.Unmarshal(v, &old); err != nil {
+			return Stream{}, ErrCorrupt
+		}
+		if old.QoS == st.QoS {
+			return old, nil
+		}
+		old.QoS = st.QoS
+		st = old
+	} else {
+		st.NextSeq = 0
+	}
+	return st, s.writeStream(tx, st)
+}
+
+func (s *Store) writeStream(tx *bolt.Tx, st Stream) error {
+	v, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketStreams).Put([]byte(st.ID), v); err != nil {
+		return err
+	}
+	s.afterCommit(tx, func() { s.streams[st.ID] = st })
+	return nil
+}
+
+// Stream returns a stream of the App Store.
+func (s *Store) Stream(id string) (Stream, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.streams[id]
+	return st, ok
+}
+
+// Streams returns every stream of the App Store.
+func (s *Store) Streams() []Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		out = append(out, st)
+	}
+	return out
+}
+
+// ---- allocation, Master KMM side ----
+
+// Pending is a batch of keys the Master KMM took from a pool for a stream and
+// has not yet heard the Slave KMM acknowledge.
+type Pending struct {
+	BatchID  string
+	Link     string
+	Stream   Stream
+	FirstSeq uint64
+	KeyIDs   []string
+}
+
+type pendingEntry struct {
+	PoolSeq uint64 `json:"pool_seq"`
+	Record  []byte `json:"record"`
+}
+
+type pendingBatch struct {
+	BatchID  string         `json:"batch_id"`
+	Link     string         `json:"link"`
+	StreamID string         `json:"stream_id"`
+	FirstSeq uint64         `json:"first_seq"`
+	Entries  []pendingEntry `json:"entries"`
+}
+
+// Reserve moves up to n of the oldest keys of the stream's link pool into a
+// pending batch and numbers them in the stream. Nothing is servable until
+// Commit. It fails with ErrNotEnoughKeys if the pool is empty.
+func (s *Store) Reserve(streamID, batchID string, n int) (Pending, error) {
+	var p Pending
+	err := s.update(func(tx *bolt.Tx) error {
+		p = Pending{}
+		st, err := getStream(tx, streamID)
+		if err != nil {
+			return reject(err)
+		}
+		pool := tx.Bucket(bucketPool).Bucket([]byte(st.Link))
+		if pool == nil || n <= 0 {
+			return reject(ErrNotEnoughKeys)
+		}
+		if st.NextSeq+uint64(n) > maxSeq {
+			return reject(fmt.Errorf("stream %s has used every sequence number; open a new stream", streamID))
+		}
+		idx := tx.Bucket(bucketPoolIdx).Bucket([]byte(st.Link))
+		pb := pendingBatch{BatchID: batchID, Link: st.Link, StreamID: streamID, FirstSeq: st.NextSeq}
+		c := pool.Cursor()
+		for k, v := c.First(); k != nil && len(pb.Entries) < n; k, v = c.First() {
+			r, err := decodeRecord(v)
+			if err != nil {
+				return err
+			}
+			pb.Entries = append(pb.Entries, pendingEntry{PoolSeq: binary.BigEndian.Uint64(k), Record: append([]byte(nil), v...)})
+			p.KeyIDs = append(p.KeyIDs, r.keyID)
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			if err := idx.Delete([]byte(r.keyID)); err != nil {
+				return err
+			}
+		}
+		if len(pb.Entries) == 0 {
+			return reject(ErrNotEnoughKeys)
+		}
+		st.NextSeq += uint64(len(pb.Entries))
+		if err := s.writeStream(tx, st); err != nil {
+			return err
+		}
+		v, err := json.Marshal(pb)
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketPending).Put([]byte(batchID), v); err != nil {
+			return err
+		}
+		taken := len(pb.Entries)
+		s.afterCommit(tx, func() { s.pool[st.Link] -= taken })
+		p.BatchID, p.Link, p.Stream, p.FirstSeq = batchID, st.Link, st, pb.FirstSeq
+		return nil
+	})
+	return p, err
+}
+
+// PendingBatches lists the batches awaiting the Slave KMM's answer, so they
+// can be sent again after a failure or a restart.
+func (s *Store) PendingBatches() ([]Pending, error) {
+	var out []Pending
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
+			var pb pendingBatch
+			if err := json.Unmarshal(v, &pb); err != nil {
+				return ErrCorrupt
+			}
+			st, err := getStream(tx, pb.StreamID)
+			if err != nil {
+				return err
+			}
+			p := Pending{BatchID: pb.BatchID, Link: pb.Link, Stream: st, FirstSeq: pb.FirstSeq}
+			for _, e := range pb.Entries {
+				r, err := decodeRecord(e.Record)
+				if err != nil {
+					return err
+				}
+				p.KeyIDs = append(p.KeyIDs, r.keyID)
+			}
+			out = append(out, p)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Commit settles a pending batch after the Slave KMM answered: keys it holds
+// become servable in the stream; keys it does not know go back to their place
+// in the pool (the peer's driver may be a moment behind) until they have been
+// refused maxRejects times, and are then destroyed. It returns how many keys
+// became servable.
+func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, error) {
+	var allocated int
+	err := s.update(func(tx *bolt.Tx) error {
+		allocated = 0
+		v := tx.Bucket(bucketPending).Get([]byte(batchID))
+		if v == nil {
+			return reject(fmt.Errorf("batch %s is not pending", batchID))
+		}
+		var pb pendingBatch
+		if err := json.Unmarshal(v, &pb); err != nil {
+			return ErrCorrupt
+		}
+		unk := make(map[string]bool, len(unknown))
+		for _, id := range unknown {
+			unk[id] = true
+		}
+		keys, err := tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(pb.StreamID))
+		if err != nil {
+			return err
+		}
+		pool, err := tx.Bucket(bucketPool).CreateBucketIfNotExists([]byte(pb.Link))
+		if err != nil {
+			return err
+		}
+		idx, err := tx.Bucket(bucketPoolIdx).CreateBucketIfNotExists([]byte(pb.Link))
+		if err != nil {
+			return err
+		}
+		back, discarded := 0, 0
+		for i, e := range pb.Entries {
+			r, err := decodeRecord(e.Record)
+			if err != nil {
+				return err
+			}
+			if !unk[r.keyID] {
+				if err := keys.Put(u64(pb.FirstSeq+uint64(i)), e.Record); err != nil {
+					return err
+				}
+				allocated++
+				continue
+			}
+			r.rejects++
+			if int(r.rejects) >= maxRejects {
+				discarded++
+				continue
+			}
+			if err := pool.Put(u64(e.PoolSeq), r.encode()); err != nil {
+				return err
+			}
+			if err := idx.Put([]byte(r.keyID), u64(e.PoolSeq)); err != nil {
+				return err
+			}
+			back++
+		}
+		if err := tx.Bucket(bucketPending).Delete([]byte(batchID)); err != nil {
+			return err
+		}
+		n := allocated
+		s.afterCommit(tx, func() {
+			s.pool[pb.Link] += back
+			s.inStream[pb.StreamID] += n
+		})
+		return s.add(tx, map[string]uint64{
+			linkCounter(pb.Link, "allocated"):       uint64(n),
+			linkCounter(pb.Link, "discarded"):       uint64(discarded),
+			streamCounter(pb.StreamID, "allocated"): uint64(n),
+		})
+	})
+	return allocated, err
+}
+
+// ---- allocation, Slave KMM side ----
+
+type appliedBatch struct {
+	At      int64    `json:"at"`
+	Unknown []string `json:"unknown"`
+}
+
+// Apply mirrors the Master KMM's allocation: each named key moves from the
+// link pool into the stream at firstSeq+i. It returns the key IDs the pool
+// does not hold. A batch ID seen before gets the first answer again, so the
+// Master may resend after losing the reply.
+func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []string) ([]string, error) {
+	var unknown []string
+	err := s.update(func(tx *bolt.Tx) error {
+		unknown = nil
+		applied := tx.Bucket(bucketApplied)
+		if v := applied.Get([]byte(batchID)); v != nil {
+			var ab appliedBatch
+			if err := json.Unmarshal(v, &ab); err != nil {
+				return ErrCorrupt
+			}
+			unknown = ab.Unknown
+			return reject(nil)
+		}
+		if firstSeq+uint64(len(keyIDs)) > maxSeq {
+			return reject(fmt.Errorf("sequence numbers out of range"))
+		}
+		have, err := getStream(tx, st.ID)
+		switch {
+		case errors.Is(err, ErrUnknownStream):
+			if _, err := s.putStream(tx, st); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		case have.Link != st.Link:
+			return reject(fmt.Errorf("stream %s runs over link %s, not %s", st.ID, have.Link, st.Link))
+		}
+		pool := tx.Bucket(bucketPool).Bucket([]byte(st.Link))
+		idx := tx.Bucket(bucketPoolIdx).Bucket([]byte(st.Link))
+		keys, err := tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(st.ID))
+		if err != nil {
+			return err
+		}
+		moved := 0
+		for i, id := range keyIDs {
+			var ps []byte
+			if idx != nil {
+				ps = idx.Get([]byte(id))
+			}
+			if ps == nil {
+				unknown = append(unknown, id)
+				continue
+			}
+			ps = append([]byte(nil), ps...)
+			v := pool.Get(ps)
+			if v == nil {
+				return ErrCorrupt
+			}
+			seq := u64(firstSeq + uint64(i))
+			if keys.Get(seq) != nil {
+				return fmt.Errorf("stream %s already holds sequence %d: %w", st.ID, firstSeq+uint64(i), ErrCorrupt)
+			}
+			if err := keys.Put(seq, append([]byte(nil), v...)); err != nil {
+				return err
+			}
+			if err := pool.Delete(ps); err != nil {
+				return err
+			}
+			if err := idx.Delete([]byte(id)); err != nil {
+				return err
+			}
+			moved++
+		}
+		v, err := json.Marshal(appliedBatch{At: s.now().UnixNano(), Unknown: unknown})
+		if err != nil {
+			return err
+		}
+		if err := applied.Put([]byte(batchID), v); err != nil {
+			return err
+		}
+		s.afterCommit(tx, func() {
+			s.pool[st.Link] -= moved
+			s.inStream[st.ID] += moved
+		})
+		return s.add(tx, map[string]uint64{
+			linkCounter(st.Link, "allocated"): uint64(moved),
+			streamCounter(st.ID, "allocated"): uint64(moved),
+		})
+	})
+	return unknown, err
+}
+
+func getStream(tx *bolt.Tx, id string) (Stream, error) {
+	v := tx.Bucket(bucketStreams).Get([]byte(id))
+	if v == nil {
+		return Stream{}, fmt.Errorf("%w %q", ErrUnknownStream, id)
+	}
+	var st Stream
+	if err := json.Unmarshal(v, &st); err != nil {
+		return Stream{}, ErrCorrupt
+	}
+	return st, nil
+}
+
+// ---- serving ----
+
+// Served is a key handed to an SAE. The caller zeroes Key when done.
+type Served struct {
+	KeyID string
+	Key   []byte
+}
+
+type part struct {
+	seq uint64
+	rec record
+}
+
+// TakeNext serves the master SAE: it assembles n keys of sizeBits each from
+// the oldest keys of the stream, erases what it used, and returns the keys
+// with their served key_IDs. Either all n keys are served or none
+// (ErrNotEnoughKeys).
+func (s *Store) TakeNext(streamID string, n, sizeBits int) ([]Served, error) {
+	if n <= 0 || sizeBits <= 0 || sizeBits%8 != 0 || sizeBits > MaxKeyBits {
+		return nil, fmt.Errorf("bad request: %d keys of %d bits", n, sizeBits)
+	}
+	size := sizeBits / 8
+	var groups [][]part
+	err := s.update(func(tx *bolt.Tx) error {
+		groups = groups[:0]
+		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
+		if b == nil {
+			return reject(ErrNotEnoughKeys)
+		}
+		c := b.Cursor()
+		var cur []part
+		have := 0
+		var next uint64
+		for k, v := c.First(); k != nil && len(groups) < n; k, v = c.Next() {
+			seq := binary.BigEndian.Uint64(k)
+			if len(cur) > 0 && seq != next {
+				// A gap (a key the peer did not know, or one that expired)
+				// breaks the run: start the key again after it.
+				cur, have = nil, 0
+			}
+			r, err := decodeRecord(v)
+			if err != nil {
+				return err
+			}
+			cur = append(cur, part{seq: seq, rec: r})
+			have += len(r.sealed) - dekIDSize - 12 - 16
+			next = seq + 1
+			if have >= size {
+				groups = append(groups, cur)
+				cur, have = nil, 0
+			}
+		}
+		if len(groups) < n {
+			return reject(ErrNotEnoughKeys)
+		}
+		used := 0
+		for _, g := range groups {
+			for _, p := range g {
+				if err := b.Delete(u64(p.seq)); err != nil {
+					return err
+				}
+				used++
+			}
+		}
+		s.afterCommit(tx, func() { s.inStream[streamID] -= used })
+		return s.add(tx, map[string]uint64{streamCounter(streamID, "delivered_enc"): uint64(n)})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.assemble(streamID, groups, size, nil)
+}
+
+// assemble unseals and concatenates each group's parts into a key of size
+// bytes. ids, if given, are the served key IDs; else they are computed.
+func (s *Store) assemble(streamID string, groups [][]part, size int, ids []string) ([]Served, error) {
+	out := make([]Served, 0, len(groups))
+	for i, g := range groups {
+		key := make([]byte, 0, size+64)
+		for _, p := range g {
+			pt, err := s.seal.open(p.rec.keyID, p.rec.sealed)
+			if err != nil {
+				for _, sv := range out {
+					clear(sv.Key)
+				}
+				clear(key)
+				return nil, err
+			}
+			key = append(key, pt...)
+			clear(pt)
+		}
+		clear(key[size:cap(key)])
+		var id string
+		if ids != nil {
+			id = ids[i]
+		} else {
+			id = encodeKeyID(streamID, g[0].rec.keyID, g[0].seq, size*8)
+		}
+		out = append(out, Served{KeyID: id, Key: key[:size]})
+	}
+	return out, nil
+}
+
+// KeyError says which requested key_ID is wrong and why.
+type KeyError struct {
+	KeyID string
+	Err   error
+}
+
+func (e *KeyError) Error() string { return fmt.Sprintf("key_ID %s: %v", e.KeyID, e.Err) }
+func (e *KeyError) Unwrap() error { return e.Err }
+
+// TakeIDs serves the slave SAE: it finds each key_ID in the stream, erases
+// its parts and returns the keys. Either all are served or none; the error is
+// a *KeyError naming the first key_ID that is malformed, unknown to this
+// stream (never issued, already delivered, or expired) or repeated.
+func (s *Store) TakeIDs(streamID string, keyIDs []string) ([]Served, error) {
+	parsed := make([]parsedKeyID, len(keyIDs))
+	seen := make(map[string]bool, len(keyIDs))
+	for i, id := range keyIDs {
+		p, err := parseKeyID(id)
+		if err != nil {
+			return nil, &KeyError{KeyID: id, Err: err}
+		}
+		if seen[id] {
+			return nil, &KeyError{KeyID: id, Err: errors.New("requested twice")}
+		}
+		seen[id] = true
+		parsed[i] = p
+	}
+	var groups [][]part
+	err := s.update(func(tx *bolt.Tx) error {
+		groups = groups[:0]
+		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
+		if b == nil {
+			return reject(&KeyError{KeyID: keyIDs[0], Err: ErrUnknownKey})
+		}
+		claimed := map[uint64]bool{}
+		for i, p := range parsed {
+			g, err := findParts(b, p, streamID)
+			if err != nil {
+				return reject(&KeyError{KeyID: keyIDs[i], Err: err})
+			}
+			for _, pt := range g {
+				if claimed[pt.seq] {
+					return reject(&KeyError{KeyID: keyIDs[i], Err: errors.New("overlaps another requested key")})
+				}
+				claimed[pt.seq] = true
+			}
+			groups = append(groups, g)
+		}
+		for seq := range claimed {
+			if err := b.Delete(u64(seq)); err != nil {
+				return err
+			}
+		}
+		used := len(claimed)
+		s.afterCommit(tx, func() { s.inStream[streamID] -= used })
+		return s.add(tx, map[string]uint64{streamCounter(streamID, "delivered_dec"): uint64(len(keyIDs))})
+	})
+	if err != nil {
+		return nil, err
+	}
+	// Sizes differ per key_ID; assemble one at a time.
+	out := make([]Served, 0, len(groups))
+	for i, g := range groups {
+		sv, err := s.assemble(streamID, [][]part{g}, parsed[i].sizeBits/8, []string{keyIDs[i]})
+		if err != nil {
+			for _, o := range out {
+				clear(o.Key)
+			}
+			return nil, err
+		}
+		out = append(out, sv[0])
+	}
+	return out, nil
+}
+
+// findParts reads the consecutive parts a served key ID names.
+func findParts(b *bolt.Bucket, p parsedKeyID, streamID string) ([]part, error) {
+	size := p.sizeBits / 8
+	var g []part
+	have := 0
+	for seq := p.seq; have < size; seq++ {
+		v := b.Get(u64(seq))
+		if v == nil {
+			return nil, ErrUnknownKey
+		}
+		r, err := decodeRecord(v)
+		if err != nil {
+			return nil, err
+		}
+		if len(g) == 0 && !p.matches(streamID, r.keyID) {
+			return nil, ErrUnknownKey
+		}
+		g = append(g, part{seq: seq, rec: r})
+		have += len(r.sealed) - dekIDSize - 12 - 16
+	}
+	return g, nil
+}
+
+// Holds reports whether a stream holds the key a served key_ID names, without
+// serving it. The KMM uses it to tell an SAE asking for another SAE's key
+// (401) from one asking for a key that does not exist (400).
+func (s *Store) Holds(streamID, keyID string) bool {
+	p, err := parseKeyID(keyID)
+	if err != nil {
+		return false
+	}
+	found := false
+	s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
+		if b == nil {
+			return nil
+		}
+		_, err := findParts(b, p, streamID)
+		found = err == nil
+		return nil
+	})
+	return found
+}
+
+// ---- destruction ----
+
+// Expire destroys every pool and stream key supplied more than lifetime ago,
+// and forgets Apply answers older than that. Keys sit in supply order, so
+// each scan stops at the first key still alive. It returns how many keys it
+// destroyed.
+func (s *Store) Expire(lifetime time.Duration) (int, error) {
+	cutoff := s.now().Add(-lifetime).UnixNano()
+	var destroyed int
+	err := s.update(func(tx *bolt.Tx) error {
+		destroyed = 0
+		deltas := map[string]uint64{}
+		poolGone := map[string]int{}
+		streamGone := map[string]int{}
+		expire := func(b *bolt.Bucket, onKey func(keyID string)) error {
+			c := b.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.First() {
+				if len(v) < 8 || int64(binary.BigEndian.Uint64(v)) > cutoff {
+					return nil
+				}
+				r, err := decodeRecord(v)
+				if err != nil {
+					return err
+				}
+				if err := c.Delete(); err != nil {
+					return err
+				}
+				onKey(r.keyID)
+			}
+			return nil
+		}
+		pools := tx.Bucket(bucketPool)
+		if err := pools.ForEachBucket(func(link []byte) error {
+			l := string(link)
+			idx := tx.Bucket(bucketPoolIdx).Bucket(link)
+			var ierr error
+			err := expire(pools.Bucket(link), func(id string) {
+				if idx != nil {
+					if err := idx.Delete([]byte(id)); err != nil {
+						ierr = err
+					}
+				}
+				poolGone[l]++
+				deltas[linkCounter(l, "expired")]++
+			})
+			if err != nil {
+				return err
+			}
+			return ierr
+		}); err != nil {
+			return err
+		}
+		keys := tx.Bucket(bucketKeys)
+		if err := keys.ForEachBucket(func(stream []byte) error {
+			st := string(stream)
+			return expire(keys.Bucket(stream), func(string) {
+				streamGone[st]++
+				deltas[streamCounter(st, "expired")]++
+			})
+		}); err != nil {
+			return err
+		}
+		// Forget old idempotency answers: the Master resends a batch only
+		// until it gets an answer, which is long before a key lifetime.
+		var old [][]byte
+		if err := tx.Bucket(bucketApplied).ForEach(func(k, v []byte) error {
+			var ab appliedBatch
+			if json.Unmarshal(v, &ab) == nil && ab.At < cutoff {
+				old = append(old, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range old {
+			if err := tx.Bucket(bucketApplied).Delete(k); err != nil {
+				return err
+			}
+		}
+		for _, n := range poolGone {
+			destroyed += n
+		}
+		for _, n := range streamGone {
+			destroyed += n
+		}
+		s.afterCommit(tx, func() {
+			for l, n := range poolGone {
+				s.pool[l] -= n
+			}
+			for st, n := range streamGone {
+				s.inStream[st] -= n
+			}
+		})
+		return s.add(tx, deltas)
+	})
+	return destroyed, err
+}
