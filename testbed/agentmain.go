@@ -1,0 +1,86 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/qkdnet/qkdnet/agent"
+)
+
+// AgentMain is the command line of one node agent, shared by `qkd-agent` and
+// the hidden `qkdnet agent` (what Up starts for each node): it reads the
+// agent config, runs the agent until SIGINT or SIGTERM and shuts it down
+// gracefully. name is the program name for usage and errors; args exclude it.
+// It returns the process exit code: 0 after a clean stop, 1 on failure, 2 on
+// bad usage.
+func AgentMain(name string, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", "", "agent config `file` (JSON, as written by qkdnet up to <state-dir>/nodes/<node>/agent.json)")
+	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+	format := fs.String("log-format", "text", "log `format`: text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s --config FILE [--log-level L] [--log-format text|json]\n\n", name)
+		fmt.Fprintf(stderr, "Runs one trusted node's agent (KMM, QKD drivers, ETSI 014 REST and gRPC, metrics)\nuntil SIGINT or SIGTERM.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
+		return 2
+	}
+	if *config == "" {
+		fmt.Fprintf(stderr, "%s: --config is required\n", name)
+		return 2
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(stderr, "%s: --log-level %q: want debug, info, warn or error\n", name, *level)
+		return 2
+	}
+	hopts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler
+	switch strings.ToLower(*format) {
+	case "text":
+		h = slog.NewTextHandler(stderr, hopts)
+	case "json":
+		h = slog.NewJSONHandler(stderr, hopts)
+	default:
+		fmt.Fprintf(stderr, "%s: --log-format %q: want text or json\n", name, *format)
+		return 2
+	}
+	logger := slog.New(h)
+
+	cfg, err := agent.LoadConfig(*config)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: config: %v\n", name, err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a, err := agent.New(cfg, logger)
+	if err != nil {
+		logger.Error("agent: bad config", "node", cfg.Node, "err", err)
+		return 1
+	}
+	logger.Info("agent starting", "node", cfg.Node, "rest", cfg.RESTAddr, "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr)
+	err = a.Run(ctx)
+	if err != nil && !(ctx.Err() != nil && errors.Is(err, context.Canceled)) {
+		logger.Error("agent failed", "node", cfg.Node, "err", err)
+		return 1
+	}
+	logger.Info("agent stopped", "node", cfg.Node)
+	return 0
+}
