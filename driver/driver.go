@@ -18,8 +18,10 @@ import (
 type Key struct {
 	// ID identifies the key; both link ends use the same ID for the same bits.
 	ID string
-	// Bytes is the key material. The sink owns it once Sink returns and zeroes it
-	// when done; a driver must not reuse the slice.
+	// Bytes is the key material. The sink owns it once Sink returns, whatever
+	// Sink returned, and zeroes it when done; a driver must not reuse the slice.
+	// A driver that must hand the same key again after a failed Sink call (see
+	// Run) therefore hands the sink a copy each time.
 	Bytes []byte
 }
 
@@ -57,4 +59,11 @@ var ErrClosed = errors.New("driver: closed")
 // Zero overwrites b with zeroes; use it on key buffers that are no longer needed.
 func Zero(b []byte) {
 	clear(b)
+}
+
+// ZeroKeys zeroes the bytes of every key in keys.
+func ZeroKeys(keys []Key) {
+	for _, k := range keys {
+		Zero(k.Bytes)
+	}
 }
