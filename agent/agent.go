@@ -5,8 +5,31 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/qkdnet/qkdnet/agent/gateway"
+	"github.com/qkdnet/qkdnet/driver"
+	"github.com/qkdnet/qkdnet/driver/emulator"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/kmm"
+	"github.com/qkdnet/qkdnet/kmm/keystore"
+	"github.com/qkdnet/qkdnet/kmm/keysync"
+	"github.com/qkdnet/qkdnet/kmm/stats"
+	"github.com/qkdnet/qkdnet/pki"
 )
 
 // Agent is one running node agent.
@@ -20,10 +43,318 @@ func New(cfg Config, logger *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, logger: logger}, nil
+	return &Agent{cfg: cfg, logger: logger.With("node", cfg.Node)}, nil
 }
 
-// Run serves until ctx is done, then shuts down gracefully.
+// Run serves until ctx is done, then shuts down gracefully: it stops taking
+// requests, lets those in flight finish (bounded), stops the drivers and
+// closes the key store.
 func (a *Agent) Run(ctx context.Context) error {
-	return errors.New("agent: not wired yet")
+	cfg := a.cfg
+	grpcTLS, err := pki.ServerTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key, tls.RequireAndVerifyClientCert)
+	if err != nil {
+		return err
+	}
+	// The REST port asks for a client certificate but lets the handshake
+	// finish without one, so that the SAE gets ETSI 014's 401 error object
+	// rather than a bare TLS alert. Nothing is served without a verified SAE
+	// certificate.
+	restTLS, err := pki.ServerTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key, tls.VerifyClientCertIfGiven)
+	if err != nil {
+		return err
+	}
+	clientTLS, err := pki.ClientTLS(cfg.TLS.CA, cfg.TLS.Cert, cfg.TLS.Key)
+	if err != nil {
+		return err
+	}
+
+	store, err := keystore.Open(cfg.DataDir, keystore.Options{Logger: a.logger.With("part", "keystore")})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	topo := newStaticTopology(cfg)
+	peers := newPeerConns(cfg, clientTLS)
+	defer peers.Close()
+
+	var linkIDs []string
+	for _, l := range cfg.Topology.Links {
+		linkIDs = append(linkIDs, l.ID)
+	}
+	st := stats.New(cfg.Node, store, func() []string { return linkIDs })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(st, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	k, err := kmm.New(kmmSettings(cfg), store, topo, peers, st, a.logger.With("part", "kmm"))
+	if err != nil {
+		return err
+	}
+
+	gs := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(grpcTLS)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	qkdv1.RegisterKeyServiceServer(gs, k)
+	keysync.Register(gs, k)
+
+	emu := emulator.NewServer(a.logger.With("part", "emulator"))
+	emu.Register(gs)
+	drivers := map[string]driver.Driver{}
+	for _, l := range cfg.Topology.Links {
+		d, err := a.newDriver(l, emu, peers)
+		if err != nil {
+			return err
+		}
+		drivers[l.ID] = d
+	}
+
+	gw, err := gateway.New(k, a.logger.With("part", "gateway"))
+	if err != nil {
+		return err
+	}
+	restSrv := &http.Server{Handler: gw, TLSConfig: restTLS, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.logger.Handler(), slog.LevelDebug)}
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metricsMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	metricsSrv := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
+
+	grpcLn, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("gRPC listener: %w", err)
+	}
+	restLn, err := net.Listen("tcp", cfg.RESTAddr)
+	if err != nil {
+		grpcLn.Close()
+		return fmt.Errorf("REST listener: %w", err)
+	}
+	var metricsLn net.Listener
+	if cfg.MetricsAddr != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			grpcLn.Close()
+			restLn.Close()
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	serve := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	serve("gRPC server", func() error { return gs.Serve(grpcLn) })
+	serve("ETSI 014 server", func() error { return restSrv.ServeTLS(restLn, "", "") })
+	if metricsLn != nil {
+		serve("metrics server", func() error { return metricsSrv.Serve(metricsLn) })
+	}
+	kmmDone := make(chan struct{})
+	go func() {
+		defer close(kmmDone)
+		k.Run(ctx)
+	}()
+	for id, d := range drivers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.runDriver(ctx, id, d, k.Sink(id))
+		}()
+	}
+	a.logger.InfoContext(ctx, "agent ready", "kme_id", cfg.KMEID, "rest", "https://"+cfg.RESTAddr, "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "links", len(drivers))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		a.logger.ErrorContext(ctx, "agent stopping on error", "err", runErr)
+	}
+	a.logger.Info("agent shutting down")
+	cancel()
+	for _, d := range drivers {
+		d.Close()
+	}
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	restSrv.Shutdown(sctx)
+	metricsSrv.Shutdown(sctx)
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-sctx.Done():
+		gs.Stop()
+	}
+	wg.Wait()
+	<-kmmDone
+	a.logger.Info("agent stopped")
+	return runErr
+}
+
+// runDriver keeps a link's driver running, restarting it with backoff after
+// a failure, until ctx is done.
+func (a *Agent) runDriver(ctx context.Context, link string, d driver.Driver, sink driver.Sink) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := d.Run(ctx, sink)
+		if ctx.Err() != nil || errors.Is(err, driver.ErrClosed) {
+			return
+		}
+		a.logger.WarnContext(ctx, "QKD driver stopped; restarting", "link", link, "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (a *Agent) newDriver(l Link, emu *emulator.Server, peers *peerConns) (driver.Driver, error) {
+	log := a.logger.With("link", l.ID)
+	switch l.Driver.Kind {
+	case "emulator":
+		ecfg := emulator.Config{KeyRate: l.Driver.KeyRate, KeyBytes: l.Driver.KeyBytes}
+		if l.Driver.End == "alice" {
+			// Only the node at the other end may take the link's keys.
+			al := emulator.NewAlice(l.ID, ecfg, log, emulator.WithPeer(l.Peer))
+			if err := emu.Add(al); err != nil {
+				return nil, err
+			}
+			return al, nil
+		}
+		conn, err := peers.conn(l.Peer)
+		if err != nil {
+			return nil, err
+		}
+		return emulator.NewBob(l.ID, conn, log), nil
+	}
+	return nil, fmt.Errorf("link %s: unknown driver kind %q", l.ID, l.Driver.Kind)
+}
+
+func kmmSettings(cfg Config) kmm.Settings {
+	s := cfg.KMM
+	return kmm.Settings{
+		Node:              cfg.Node,
+		KMEID:             cfg.KMEID,
+		KeySize:           s.KeySize,
+		MinKeySize:        s.MinKeySize,
+		MaxKeySize:        s.MaxKeySize,
+		MaxKeysPerRequest: s.MaxKeysPerRequest,
+		PoolMax:           s.PoolMax,
+		KeyLifetime:       time.Duration(s.KeyLifetime),
+		AllocPeriod:       time.Duration(s.AllocPeriod),
+		DefaultQoS:        keystore.QoS{KeyRate: uint32(s.DefaultKeyRate), MaxBuffer: uint32(s.DefaultMaxBuffer)},
+	}
+}
+
+// staticTopology serves kmm.Topology from the agent's configuration. It is
+// the seam the controller will replace: it pushes the same facts.
+type staticTopology struct {
+	node   string
+	saes   map[string]string
+	kmes   map[string]string
+	byPeer map[string]kmm.Link
+	byID   map[string]kmm.Link
+}
+
+func newStaticTopology(cfg Config) *staticTopology {
+	t := &staticTopology{node: cfg.Node, saes: map[string]string{}, kmes: map[string]string{}, byPeer: map[string]kmm.Link{}, byID: map[string]kmm.Link{}}
+	for _, s := range cfg.Topology.SAEs {
+		t.saes[s.ID] = s.Node
+	}
+	for _, n := range cfg.Topology.Nodes {
+		t.kmes[n.ID] = n.KMEID
+	}
+	for _, l := range cfg.Topology.Links {
+		kb := l.Driver.KeyBytes
+		if kb == 0 {
+			kb = 32
+		}
+		kl := kmm.Link{ID: l.ID, Peer: l.Peer, Master: l.Role == "master", KeyBytes: kb}
+		t.byID[l.ID] = kl
+		if _, dup := t.byPeer[l.Peer]; !dup {
+			t.byPeer[l.Peer] = kl
+		}
+	}
+	return t
+}
+
+func (t *staticTopology) SAENode(id string) (string, bool) { n, ok := t.saes[id]; return n, ok }
+func (t *staticTopology) LinkTo(node string) (kmm.Link, bool) {
+	l, ok := t.byPeer[node]
+	return l, ok
+}
+func (t *staticTopology) LinkByID(id string) (kmm.Link, bool) { l, ok := t.byID[id]; return l, ok }
+func (t *staticTopology) KMEID(node string) (string, bool)    { k, ok := t.kmes[node]; return k, ok }
+
+// peerConns dials the gRPC port of other nodes with this node's certificate
+// and checks that the server's certificate names the node it should.
+type peerConns struct {
+	addrs map[string]string
+	tls   *tls.Config
+
+	mu    sync.Mutex // guards conns
+	conns map[string]*grpc.ClientConn
+}
+
+func newPeerConns(cfg Config, base *tls.Config) *peerConns {
+	p := &peerConns{addrs: map[string]string{}, tls: base, conns: map[string]*grpc.ClientConn{}}
+	for _, n := range cfg.Topology.Nodes {
+		p.addrs[n.ID] = n.GRPCAddr
+	}
+	return p
+}
+
+func (p *peerConns) conn(node string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[node]; ok {
+		return c, nil
+	}
+	addr, ok := p.addrs[node]
+	if !ok || addr == "" {
+		return nil, fmt.Errorf("no gRPC address for node %q", node)
+	}
+	tc := p.tls.Clone()
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		id, err := pki.PeerIdentity(cs)
+		if err != nil {
+			return err
+		}
+		if id.Kind != pki.KindNode || id.ID != node {
+			return fmt.Errorf("server at %s is %s, want node %s", addr, id, node)
+		}
+		return nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))
+	if err != nil {
+		return nil, err
+	}
+	p.conns[node] = c
+	return c, nil
+}
+
+// KeySync implements kmm.Peers.
+func (p *peerConns) KeySync(node string) (qkdv1.KeySyncServiceClient, error) {
+	c, err := p.conn(node)
+	if err != nil {
+		return nil, err
+	}
+	return qkdv1.NewKeySyncServiceClient(c), nil
+}
+
+func (p *peerConns) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
 }
