@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 )
 
@@ -40,26 +41,16 @@ type sealer struct {
 }
 
 // loadKEK reads the node KEK from path, creating it (mode 0600) if missing.
-func loadKEK(path string) ([]byte, error) {
+// It refuses to create one beside an existing key store (dbPath): the keys in
+// it are sealed under the lost KEK, and a new one would make them fail only
+// later, when they are served.
+func loadKEK(path, dbPath string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		b = make([]byte, kekSize)
-		if _, err := rand.Read(b); err != nil {
-			return nil, err
+		if st, err := os.Stat(dbPath); err == nil && st.Size() > 0 {
+			return nil, fmt.Errorf("key store %s exists but its key-encryption key %s is missing; restore the key or move the store away", dbPath, path)
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("create key-encryption key: %w", err)
-		}
-		if _, err := f.Write(b); err != nil {
-			f.Close()
-			return nil, err
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return nil, err
-		}
-		return b, f.Close()
+		return createKEK(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read key-encryption key: %w", err)
@@ -73,6 +64,39 @@ func loadKEK(path string) ([]byte, error) {
 	}
 	if len(b) != kekSize {
 		return nil, fmt.Errorf("key-encryption key %s holds %d bytes, want %d", path, len(b), kekSize)
+	}
+	return b, nil
+}
+
+// createKEK writes a new random KEK atomically: a crash leaves either no
+// KEK or a whole one, never an empty file.
+func createKEK(path string) ([]byte, error) {
+	b := make([]byte, kekSize)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create key-encryption key: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
 	}
 	return b, nil
 }
@@ -142,7 +166,7 @@ func (s *sealer) seal(keyID string, key []byte) ([]byte, error) {
 // open returns the plaintext key; the caller zeroes it when done.
 func (s *sealer) open(keyID string, sealed []byte) ([]byte, error) {
 	if len(sealed) < dekIDSize+12+16 {
-		return nil, errors.New("sealed key too short")
+		return nil, fmt.Errorf("sealed key too short: %w", ErrCorrupt)
 	}
 	var id [dekIDSize]byte
 	copy(id[:], sealed)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/qkdnet/qkdnet/driver"
 )
 
 func testSealer(t *testing.T) *sealer {
@@ -156,7 +158,7 @@ func TestSealRotationAndCache(t *testing.T) {
 func TestLoadKEKCreates0600AndReuses(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "kek")
-	kek, err := loadKEK(path)
+	kek, err := loadKEK(path, path+".db")
 	if err != nil {
 		t.Fatalf("loadKEK (create): %v", err)
 	}
@@ -177,7 +179,7 @@ func TestLoadKEKCreates0600AndReuses(t *testing.T) {
 	if !bytes.Equal(onDisk, kek) {
 		t.Errorf("KEK file holds %x, loadKEK returned %x", onDisk, kek)
 	}
-	again, err := loadKEK(path)
+	again, err := loadKEK(path, path+".db")
 	if err != nil {
 		t.Fatalf("loadKEK (reuse): %v", err)
 	}
@@ -263,7 +265,7 @@ func TestLoadKEKRefuses(t *testing.T) {
 			if err := os.Chmod(path, tc.mode); err != nil { // umask-proof
 				t.Fatal(err)
 			}
-			if _, err := loadKEK(path); err == nil || !strings.Contains(err.Error(), tc.wantSub) {
+			if _, err := loadKEK(path, path+".db"); err == nil || !strings.Contains(err.Error(), tc.wantSub) {
 				t.Fatalf("loadKEK = %v, want an error containing %q", err, tc.wantSub)
 			}
 			// Open refuses it too, and creates no database.
@@ -278,4 +280,32 @@ func TestLoadKEKRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A store whose KEK went missing must not silently get a new one: its keys
+// would fail to unseal only when served, after being erased.
+func TestOpenRefusesNewKEKBesideExistingStore(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddToPool("L", []driver.Key{{ID: "k1", Bytes: make32(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := os.Remove(filepath.Join(dir, "kek")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{}); err == nil || !strings.Contains(err.Error(), "key-encryption key") {
+		t.Fatalf("Open with the KEK removed = %v, want an error about the missing key-encryption key", err)
+	}
+}
+
+func make32(b byte) []byte {
+	out := make([]byte, 32)
+	for i := range out {
+		out[i] = b + byte(i)
+	}
+	return out
 }

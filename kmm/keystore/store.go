@@ -52,6 +52,8 @@ var (
 	bucketPending = []byte("pending") // batch ID → JSON pendingBatch (Master KMM)
 	bucketApplied = []byte("applied") // batch ID → JSON appliedBatch (Slave KMM)
 	bucketStats   = []byte("stats")   // counter name → uint64
+	bucketSeen    = []byte("seen")    // link → key_ID → supply time (unix ns)
+	bucketSeenAt  = []byte("seenat")  // link → supply time ‖ key_ID → nil, to prune seen in order
 )
 
 // QoS is what a key stream asks of the key allocation element.
@@ -94,6 +96,7 @@ type Store struct {
 
 	ops       chan *op
 	closing   chan struct{}
+	stopped   chan struct{} // closed when the writer has exited
 	writerWG  sync.WaitGroup
 	closeOnce sync.Once
 
@@ -111,7 +114,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	kek, err := loadKEK(filepath.Join(dir, "kek"))
+	kek, err := loadKEK(filepath.Join(dir, "kek"), filepath.Join(dir, "keys.db"))
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +129,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		logger:   opts.Logger,
 		ops:      make(chan *op, 1024),
 		closing:  make(chan struct{}),
+		stopped:  make(chan struct{}),
 		pool:     map[string]int{},
 		inStream: map[string]int{},
 		streams:  map[string]Stream{},
@@ -150,7 +154,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // load creates the buckets and mirrors sizes, streams and counters in memory.
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPool, bucketPoolIdx, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats} {
+		for _, b := range [][]byte{bucketPool, bucketPoolIdx, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketSeen, bucketSeenAt} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -233,7 +237,18 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 	case <-s.closing:
 		return ErrClosed
 	}
-	err := <-o.done
+	var err error
+	select {
+	case err = <-o.done:
+	case <-s.stopped:
+		// The writer exited; it answered every op it dequeued, so an op
+		// with no answer now was queued too late and never ran.
+		select {
+		case err = <-o.done:
+		default:
+			return ErrClosed
+		}
+	}
 	var r rejected
 	if errors.As(err, &r) {
 		return r.err
@@ -246,6 +261,7 @@ const maxGroup = 256
 
 func (s *Store) writer() {
 	defer s.writerWG.Done()
+	defer close(s.stopped)
 	batch := make([]*op, 0, maxGroup)
 	for {
 		var first *op
@@ -395,7 +411,9 @@ func (s *Store) add(tx *bolt.Tx, deltas map[string]uint64) error {
 	tx.OnCommit(func() {
 		s.mu.Lock()
 		for name, d := range deltas {
-			s.counters[name] += d
+			if d != 0 {
+				s.counters[name] += d
+			}
 		}
 		s.mu.Unlock()
 	})
@@ -474,10 +492,27 @@ func (s *Store) AddToPool(link string, keys []driver.Key) error {
 		if err != nil {
 			return err
 		}
+		// seen remembers every key_ID the link supplied for a lifetime, so a
+		// driver re-delivering a batch after a crash cannot put back a key
+		// that already left the pool (allocated, pending or served).
+		seen, err := tx.Bucket(bucketSeen).CreateBucketIfNotExists([]byte(link))
+		if err != nil {
+			return err
+		}
+		seenAt, err := tx.Bucket(bucketSeenAt).CreateBucketIfNotExists([]byte(link))
+		if err != nil {
+			return err
+		}
 		added := 0
 		for i, k := range keys {
-			if idx.Get([]byte(k.ID)) != nil {
+			if seen.Get([]byte(k.ID)) != nil {
 				continue
+			}
+			if err := seen.Put([]byte(k.ID), u64(uint64(now))); err != nil {
+				return err
+			}
+			if err := seenAt.Put(append(u64(uint64(now)), k.ID...), nil); err != nil {
+				return err
 			}
 			seq, err := pool.NextSequence()
 			if err != nil {
@@ -605,6 +640,9 @@ func (s *Store) Reserve(streamID, batchID string, n int) (Pending, error) {
 		if st.NextSeq+uint64(n) > maxSeq {
 			return reject(fmt.Errorf("stream %s has used every sequence number; open a new stream", streamID))
 		}
+		if tx.Bucket(bucketPending).Get([]byte(batchID)) != nil {
+			return reject(fmt.Errorf("batch %s is already pending", batchID))
+		}
 		idx := tx.Bucket(bucketPoolIdx).Bucket([]byte(st.Link))
 		pb := pendingBatch{BatchID: batchID, Link: st.Link, StreamID: streamID, FirstSeq: st.NextSeq}
 		c := pool.Cursor()
@@ -719,8 +757,10 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 				allocated++
 				continue
 			}
-			r.rejects++
-			if int(r.rejects) >= maxRejects {
+			if r.rejects < 255 {
+				r.rejects++
+			}
+			if int(r.rejects) >= min(maxRejects, 255) {
 				discarded++
 				continue
 			}
@@ -773,7 +813,7 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 			unknown = ab.Unknown
 			return reject(nil)
 		}
-		if firstSeq+uint64(len(keyIDs)) > maxSeq {
+		if firstSeq > maxSeq || uint64(len(keyIDs)) > maxSeq-firstSeq {
 			return reject(fmt.Errorf("sequence numbers out of range"))
 		}
 		have, err := getStream(tx, st.ID)
@@ -932,7 +972,13 @@ func (s *Store) TakeNext(streamID string, n, sizeBits int) ([]Served, error) {
 func (s *Store) assemble(streamID string, groups [][]part, size int, ids []string) ([]Served, error) {
 	out := make([]Served, 0, len(groups))
 	for i, g := range groups {
-		key := make([]byte, 0, size+64)
+		total := 0
+		for _, p := range g {
+			total += len(p.rec.sealed) - dekIDSize - 12 - 16
+		}
+		// Sized up front: a growing append would leave plaintext behind in
+		// the buffer it outgrew.
+		key := make([]byte, 0, max(total, size))
 		for _, p := range g {
 			pt, err := s.seal.open(p.rec.keyID, p.rec.sealed)
 			if err != nil {
@@ -971,6 +1017,9 @@ func (e *KeyError) Unwrap() error { return e.Err }
 // a *KeyError naming the first key_ID that is malformed, unknown to this
 // stream (never issued, already delivered, or expired) or repeated.
 func (s *Store) TakeIDs(streamID string, keyIDs []string) ([]Served, error) {
+	if len(keyIDs) == 0 {
+		return nil, errors.New("no key_ID requested")
+	}
 	parsed := make([]parsedKeyID, len(keyIDs))
 	seen := make(map[string]bool, len(keyIDs))
 	for i, id := range keyIDs {
@@ -1078,6 +1127,8 @@ func (s *Store) Holds(streamID, keyID string) bool {
 
 // ---- destruction ----
 
+var errStop = errors.New("stop")
+
 // Expire destroys every pool and stream key supplied more than lifetime ago,
 // and forgets Apply answers older than that. Keys sit in supply order, so
 // each scan stops at the first key still alive. It returns how many keys it
@@ -1090,20 +1141,37 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		deltas := map[string]uint64{}
 		poolGone := map[string]int{}
 		streamGone := map[string]int{}
-		expire := func(b *bolt.Bucket, onKey func(keyID string)) error {
-			c := b.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.First() {
-				if len(v) < 8 || int64(binary.BigEndian.Uint64(v)) > cutoff {
+		// A pool is in supply order (keys refused by the peer go back to
+		// their old place), so its scan stops at the first live key. A
+		// stream is not: a refused key may be allocated after younger ones,
+		// so every stream key is checked; streams are bounded by MaxBuffer.
+		expire := func(b *bolt.Bucket, ordered bool, onKey func(keyID string)) error {
+			var dead [][]byte
+			err := b.ForEach(func(k, v []byte) error {
+				if len(v) < 8 {
+					return ErrCorrupt
+				}
+				if int64(binary.BigEndian.Uint64(v)) > cutoff {
+					if ordered {
+						return errStop
+					}
 					return nil
 				}
 				r, err := decodeRecord(v)
 				if err != nil {
 					return err
 				}
-				if err := c.Delete(); err != nil {
+				dead = append(dead, append([]byte(nil), k...))
+				onKey(r.keyID)
+				return nil
+			})
+			if err != nil && !errors.Is(err, errStop) {
+				return err
+			}
+			for _, k := range dead {
+				if err := b.Delete(k); err != nil {
 					return err
 				}
-				onKey(r.keyID)
 			}
 			return nil
 		}
@@ -1112,7 +1180,7 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 			l := string(link)
 			idx := tx.Bucket(bucketPoolIdx).Bucket(link)
 			var ierr error
-			err := expire(pools.Bucket(link), func(id string) {
+			err := expire(pools.Bucket(link), true, func(id string) {
 				if idx != nil {
 					if err := idx.Delete([]byte(id)); err != nil {
 						ierr = err
@@ -1131,7 +1199,7 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		keys := tx.Bucket(bucketKeys)
 		if err := keys.ForEachBucket(func(stream []byte) error {
 			st := string(stream)
-			return expire(keys.Bucket(stream), func(string) {
+			return expire(keys.Bucket(stream), false, func(string) {
 				streamGone[st]++
 				deltas[streamCounter(st, "expired")]++
 			})
@@ -1140,6 +1208,24 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		}
 		// Forget old idempotency answers: the Master resends a batch only
 		// until it gets an answer, which is long before a key lifetime.
+		seenAt := tx.Bucket(bucketSeenAt)
+		if err := seenAt.ForEachBucket(func(link []byte) error {
+			seen := tx.Bucket(bucketSeen).Bucket(link)
+			c := seenAt.Bucket(link).Cursor()
+			for k, _ := c.First(); k != nil && len(k) >= 8 && int64(binary.BigEndian.Uint64(k)) < cutoff; k, _ = c.First() {
+				if seen != nil {
+					if err := seen.Delete(k[8:]); err != nil {
+						return err
+					}
+				}
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
 		var old [][]byte
 		if err := tx.Bucket(bucketApplied).ForEach(func(k, v []byte) error {
 			var ab appliedBatch
