@@ -226,3 +226,22 @@ func TestTable(t *testing.T) {
 		}
 	}
 }
+
+func TestNotEnoughKeys(t *testing.T) {
+	tests := []struct {
+		err  apiError
+		want bool
+	}{
+		// The KMM's own wording (kmm/etsi014.go).
+		{apiError{code: 503, message: "not enough key material for SAE_A1->SAE_B1 right now (16 keys of 256 bits asked); retry later"}, true},
+		{apiError{code: 503, message: "Not enough keys"}, true},
+		{apiError{code: 503, message: "pool empty", reason: "NOT_ENOUGH_KEYS"}, true},
+		{apiError{code: 503, message: "peer KME_B unreachable"}, false},
+		{apiError{code: 400, message: "not enough keys"}, false},
+	}
+	for _, tt := range tests {
+		if got := tt.err.notEnoughKeys(); got != tt.want {
+			t.Errorf("%+v: notEnoughKeys() = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
