@@ -59,10 +59,11 @@ type results struct {
 	Mismatches int64            // keys whose bits differ between enc and dec
 }
 
-// OK is the exit status: every key matched, no request failed, and the run
-// measured something.
+// OK is the exit status: every key matched, no request failed, and the main
+// phase completed at least one cycle. An empty single-key phase (a slow link
+// that had no key for it) shows in the report but does not fail the run.
 func (r *results) OK() bool {
-	return r.Mismatches == 0 && len(r.Errors) == 0 && r.Cycles > 0 && (r.SingleFor == 0 || r.EncSingle.count() > 0)
+	return r.Mismatches == 0 && len(r.Errors) == 0 && r.Cycles > 0
 }
 
 // KeysPerSecond is end-to-end throughput: matched keys over wall time.

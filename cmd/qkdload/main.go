@@ -96,8 +96,9 @@ of enc_keys and dec_keys and of a single-key phase, HTTP 503 "not enough keys"
 answers (retried after a short backoff; not errors), errors by kind, and
 mismatches. Latencies are of 200 answers only. --json prints one object.
 
-Exit status: 0 when every key matched, no request failed and something was
-measured; 1 otherwise (a mismatch always fails the run); 2 for bad flags.
+Exit status: 0 when every key matched, no request failed (503 "not enough
+keys" is not a failure) and at least one cycle was measured; 1 otherwise (a
+mismatch always fails the run); 2 for bad flags.
 
 Flags:
 `)
