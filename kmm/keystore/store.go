@@ -46,14 +46,12 @@ var (
 // the link or stream ID.
 var (
 	bucketPool    = []byte("pool")    // link → poolSeq → record
-	bucketPoolIdx = []byte("poolidx") // link → key_ID → poolSeq
 	bucketKeys    = []byte("keys")    // stream → seq → record
 	bucketStreams = []byte("streams") // stream ID → JSON Stream
 	bucketPending = []byte("pending") // batch ID → JSON pendingBatch (Master KMM)
 	bucketApplied = []byte("applied") // batch ID → JSON appliedBatch (Slave KMM)
 	bucketStats   = []byte("stats")   // counter name → uint64
-	bucketSeen    = []byte("seen")    // link → key_ID → supply time (unix ns)
-	bucketSeenAt  = []byte("seenat")  // link → supply time ‖ key_ID → nil, to prune seen in order
+	bucketLast    = []byte("last")    // link → key_IDs of the last batch the driver delivered
 )
 
 // QoS is what a key stream asks of the key allocation element.
@@ -154,7 +152,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // load creates the buckets and mirrors sizes, streams and counters in memory.
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPool, bucketPoolIdx, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketSeen, bucketSeenAt} {
+		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -464,9 +462,14 @@ func u64(n uint64) []byte {
 
 // ---- pool ----
 
-// AddToPool seals keys and appends them, in order, to the link's pool. A key
-// whose ID the pool already holds is skipped, so a driver may re-deliver a
-// batch after a crash. The caller keeps ownership of the key bytes.
+// AddToPool seals keys and appends them, in order, to the link's pool. A
+// driver may re-deliver its last batch after a crash (the emulator does when
+// an acknowledgement was lost): keys of the previous batch are skipped, so a
+// key that already left the pool never comes back. The caller keeps
+// ownership of the key bytes.
+//
+// The pool is keyed by a local sequence number, not by key_ID: appends touch
+// one B+tree page, where random UUID keys would rewrite a page per key.
 func (s *Store) AddToPool(link string, keys []driver.Key) error {
 	if len(keys) == 0 {
 		return nil
@@ -483,37 +486,34 @@ func (s *Store) AddToPool(link string, keys []driver.Key) error {
 		}
 		sealed[i] = b
 	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.ID
+	}
+	lastBatch, err := json.Marshal(ids)
+	if err != nil {
+		return err
+	}
 	return s.update(func(tx *bolt.Tx) error {
 		pool, err := tx.Bucket(bucketPool).CreateBucketIfNotExists([]byte(link))
 		if err != nil {
 			return err
 		}
-		idx, err := tx.Bucket(bucketPoolIdx).CreateBucketIfNotExists([]byte(link))
-		if err != nil {
-			return err
-		}
-		// seen remembers every key_ID the link supplied for a lifetime, so a
-		// driver re-delivering a batch after a crash cannot put back a key
-		// that already left the pool (allocated, pending or served).
-		seen, err := tx.Bucket(bucketSeen).CreateBucketIfNotExists([]byte(link))
-		if err != nil {
-			return err
-		}
-		seenAt, err := tx.Bucket(bucketSeenAt).CreateBucketIfNotExists([]byte(link))
-		if err != nil {
-			return err
+		last := map[string]bool{}
+		if v := tx.Bucket(bucketLast).Get([]byte(link)); v != nil {
+			var prev []string
+			if json.Unmarshal(v, &prev) == nil {
+				for _, id := range prev {
+					last[id] = true
+				}
+			}
 		}
 		added := 0
 		for i, k := range keys {
-			if seen.Get([]byte(k.ID)) != nil {
+			if last[k.ID] {
 				continue
 			}
-			if err := seen.Put([]byte(k.ID), u64(uint64(now))); err != nil {
-				return err
-			}
-			if err := seenAt.Put(append(u64(uint64(now)), k.ID...), nil); err != nil {
-				return err
-			}
+			last[k.ID] = true
 			seq, err := pool.NextSequence()
 			if err != nil {
 				return err
@@ -521,10 +521,10 @@ func (s *Store) AddToPool(link string, keys []driver.Key) error {
 			if err := pool.Put(u64(seq), record{created: now, keyID: k.ID, sealed: sealed[i]}.encode()); err != nil {
 				return err
 			}
-			if err := idx.Put([]byte(k.ID), u64(seq)); err != nil {
-				return err
-			}
 			added++
+		}
+		if err := tx.Bucket(bucketLast).Put([]byte(link), lastBatch); err != nil {
+			return err
 		}
 		s.afterCommit(tx, func() { s.pool[link] += added })
 		return s.add(tx, map[string]uint64{linkCounter(link, "supplied"): uint64(added)})
@@ -643,7 +643,6 @@ func (s *Store) Reserve(streamID, batchID string, n int) (Pending, error) {
 		if tx.Bucket(bucketPending).Get([]byte(batchID)) != nil {
 			return reject(fmt.Errorf("batch %s is already pending", batchID))
 		}
-		idx := tx.Bucket(bucketPoolIdx).Bucket([]byte(st.Link))
 		pb := pendingBatch{BatchID: batchID, Link: st.Link, StreamID: streamID, FirstSeq: st.NextSeq}
 		c := pool.Cursor()
 		for k, v := c.First(); k != nil && len(pb.Entries) < n; k, v = c.First() {
@@ -654,9 +653,6 @@ func (s *Store) Reserve(streamID, batchID string, n int) (Pending, error) {
 			pb.Entries = append(pb.Entries, pendingEntry{PoolSeq: binary.BigEndian.Uint64(k), Record: append([]byte(nil), v...)})
 			p.KeyIDs = append(p.KeyIDs, r.keyID)
 			if err := c.Delete(); err != nil {
-				return err
-			}
-			if err := idx.Delete([]byte(r.keyID)); err != nil {
 				return err
 			}
 		}
@@ -740,10 +736,6 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 		if err != nil {
 			return err
 		}
-		idx, err := tx.Bucket(bucketPoolIdx).CreateBucketIfNotExists([]byte(pb.Link))
-		if err != nil {
-			return err
-		}
 		back, discarded := 0, 0
 		for i, e := range pb.Entries {
 			r, err := decodeRecord(e.Record)
@@ -767,9 +759,6 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 			if err := pool.Put(u64(e.PoolSeq), r.encode()); err != nil {
 				return err
 			}
-			if err := idx.Put([]byte(r.keyID), u64(e.PoolSeq)); err != nil {
-				return err
-			}
 			back++
 		}
 		if err := tx.Bucket(bucketPending).Delete([]byte(batchID)); err != nil {
@@ -790,6 +779,10 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 }
 
 // ---- allocation, Slave KMM side ----
+
+// applyScanSlack is how far past the named keys Apply looks into the pool
+// for keys that arrived out of step with the Master's pool.
+const applyScanSlack = 8192
 
 type appliedBatch struct {
 	At      int64    `json:"at"`
@@ -827,41 +820,55 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 		case have.Link != st.Link:
 			return reject(fmt.Errorf("stream %s runs over link %s, not %s", st.ID, have.Link, st.Link))
 		}
-		pool := tx.Bucket(bucketPool).Bucket([]byte(st.Link))
-		idx := tx.Bucket(bucketPoolIdx).Bucket([]byte(st.Link))
 		keys, err := tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(st.ID))
 		if err != nil {
 			return err
 		}
-		moved := 0
+		pos := make(map[string]int, len(keyIDs))
 		for i, id := range keyIDs {
-			var ps []byte
-			if idx != nil {
-				ps = idx.Get([]byte(id))
+			pos[id] = i
+		}
+		// Both ends of a link get keys in the same order and the Master
+		// allocates from the head of its pool, so the named keys sit at the
+		// head of this pool too. Scan from the head; keys the Master does not
+		// have (a batch it lost in a crash) are stepped over and expire.
+		found := make([]bool, len(keyIDs))
+		moved := 0
+		if pool := tx.Bucket(bucketPool).Bucket([]byte(st.Link)); pool != nil {
+			budget := 2*len(keyIDs) + applyScanSlack
+			var take [][]byte
+			c := pool.Cursor()
+			for k, v := c.First(); k != nil && budget > 0 && moved+len(take) < len(keyIDs); k, v = c.Next() {
+				budget--
+				r, err := decodeRecord(v)
+				if err != nil {
+					return err
+				}
+				i, ok := pos[r.keyID]
+				if !ok || found[i] {
+					continue
+				}
+				found[i] = true
+				seq := u64(firstSeq + uint64(i))
+				if keys.Get(seq) != nil {
+					return fmt.Errorf("stream %s already holds sequence %d: %w", st.ID, firstSeq+uint64(i), ErrCorrupt)
+				}
+				if err := keys.Put(seq, append([]byte(nil), v...)); err != nil {
+					return err
+				}
+				take = append(take, append([]byte(nil), k...))
 			}
-			if ps == nil {
+			for _, k := range take {
+				if err := pool.Delete(k); err != nil {
+					return err
+				}
+			}
+			moved = len(take)
+		}
+		for i, id := range keyIDs {
+			if !found[i] {
 				unknown = append(unknown, id)
-				continue
 			}
-			ps = append([]byte(nil), ps...)
-			v := pool.Get(ps)
-			if v == nil {
-				return ErrCorrupt
-			}
-			seq := u64(firstSeq + uint64(i))
-			if keys.Get(seq) != nil {
-				return fmt.Errorf("stream %s already holds sequence %d: %w", st.ID, firstSeq+uint64(i), ErrCorrupt)
-			}
-			if err := keys.Put(seq, append([]byte(nil), v...)); err != nil {
-				return err
-			}
-			if err := pool.Delete(ps); err != nil {
-				return err
-			}
-			if err := idx.Delete([]byte(id)); err != nil {
-				return err
-			}
-			moved++
 		}
 		v, err := json.Marshal(appliedBatch{At: s.now().UnixNano(), Unknown: unknown})
 		if err != nil {
@@ -1178,21 +1185,10 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		pools := tx.Bucket(bucketPool)
 		if err := pools.ForEachBucket(func(link []byte) error {
 			l := string(link)
-			idx := tx.Bucket(bucketPoolIdx).Bucket(link)
-			var ierr error
-			err := expire(pools.Bucket(link), true, func(id string) {
-				if idx != nil {
-					if err := idx.Delete([]byte(id)); err != nil {
-						ierr = err
-					}
-				}
+			return expire(pools.Bucket(link), true, func(string) {
 				poolGone[l]++
 				deltas[linkCounter(l, "expired")]++
 			})
-			if err != nil {
-				return err
-			}
-			return ierr
 		}); err != nil {
 			return err
 		}
@@ -1208,24 +1204,6 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		}
 		// Forget old idempotency answers: the Master resends a batch only
 		// until it gets an answer, which is long before a key lifetime.
-		seenAt := tx.Bucket(bucketSeenAt)
-		if err := seenAt.ForEachBucket(func(link []byte) error {
-			seen := tx.Bucket(bucketSeen).Bucket(link)
-			c := seenAt.Bucket(link).Cursor()
-			for k, _ := c.First(); k != nil && len(k) >= 8 && int64(binary.BigEndian.Uint64(k)) < cutoff; k, _ = c.First() {
-				if seen != nil {
-					if err := seen.Delete(k[8:]); err != nil {
-						return err
-					}
-				}
-				if err := c.Delete(); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
 		var old [][]byte
 		if err := tx.Bucket(bucketApplied).ForEach(func(k, v []byte) error {
 			var ab appliedBatch
