@@ -16,10 +16,10 @@ import (
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
 
-// internalMessage replaces the text of errors that map to 500. Those are
-// errors the service did not map to a status (a bug at its edge) or reported
-// as internal, and their text was written for operators, not SAEs; it goes to
-// the request's log line instead.
+// internalMessage replaces the text (and details) of errors that map to 500.
+// Those are errors the service did not map to a status (a bug at its edge) or
+// reported as internal, and what they say was written for operators, not
+// SAEs; it goes to the request's log line instead.
 const internalMessage = "internal error"
 
 // handleError is the runtime.ErrorHandlerFunc: it answers a failed call with
@@ -41,14 +41,13 @@ func (g *gateway) handleError(ctx context.Context, _ *runtime.ServeMux, _ runtim
 	if httpStatus == 0 {
 		httpStatus = runtime.HTTPStatusFromCode(st.Code())
 	}
-	msg := st.Message()
 	if httpStatus == http.StatusInternalServerError {
 		noteInternal(ctx, st)
-		msg = internalMessage
-	} else {
-		noteError(ctx, msg)
+		writeError(w, httpStatus, internalMessage, nil)
+		return
 	}
-	writeError(w, httpStatus, msg, renderDetails(st))
+	noteError(ctx, st.Message())
+	writeError(w, httpStatus, st.Message(), renderDetails(st))
 }
 
 // handleRoutingError is the runtime.RoutingErrorHandlerFunc: paths that are

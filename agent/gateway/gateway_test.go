@@ -460,6 +460,12 @@ func TestErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	internal, err := status.New(codes.Internal, "store: SECRET-DETAIL").WithDetails(&errdetails.ErrorInfo{
+		Reason: "STORE_CORRUPT", Metadata: map[string]string{"page": "SECRET-PAGE"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	const encKeys = "/api/v1/keys/SAE_B/enc_keys"
 
 	tests := []errorCase{
@@ -558,6 +564,11 @@ func TestErrors(t *testing.T) {
 			desc: "Internal hides its text", cert: asSAE, method: "GET", path: "/api/v1/keys/SAE_B/status",
 			svcErr:   status.Error(codes.Internal, "store: page 0x1234 checksum SECRET-DETAIL"),
 			wantCode: 500, wantMsg: "internal error", notInBody: "SECRET-DETAIL", wantCalls: 1,
+		},
+		{
+			desc: "Internal hides its details", cert: asSAE, method: "GET", path: "/api/v1/keys/SAE_B/status",
+			svcErr:   internal.Err(),
+			wantCode: 500, wantMsg: "internal error", notInBody: "SECRET", wantCalls: 1,
 		},
 		{
 			desc: "unmapped error hides its text", cert: asSAE, method: "GET", path: "/api/v1/keys/SAE_B/status",
