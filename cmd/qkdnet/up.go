@@ -83,6 +83,7 @@ func cmdUp(args []string, stdout, stderr io.Writer, demo bool) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	stopWithGoRun()
 	// After the first signal, a second one kills the runner at once; the
 	// kernel then sends every agent SIGTERM (see testbed's Pdeathsig).
 	context.AfterFunc(ctx, stop)

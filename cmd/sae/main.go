@@ -235,7 +235,8 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	b, _ := json.MarshalIndent(st, "", "  ")
-	fmt.Fprintln(stdout, string(b))
-	return nil
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // keep "SAE_A->SAE_B" readable
+	return enc.Encode(st)
 }

@@ -134,7 +134,8 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 // link makes one key per second in the paper's setup) or a peer is briefly
 // unreachable; the SAE did nothing wrong and may retry.
 func retry[T any](ctx context.Context, wait time.Duration, logger *slog.Logger, what string, f func() (T, error)) (T, error) {
-	deadline := time.Now().Add(wait)
+	begin := time.Now()
+	deadline := begin.Add(wait)
 	backoff := 100 * time.Millisecond
 	logged := false
 	for {
@@ -143,8 +144,10 @@ func retry[T any](ctx context.Context, wait time.Duration, logger *slog.Logger, 
 		if err == nil || !errors.As(err, &e) || !e.Temporary() || time.Now().Add(backoff).After(deadline) {
 			return v, err
 		}
-		if !logged {
-			logger.Info("KMM cannot serve yet; retrying", "call", what, "reason", e.Message)
+		// At the paper's rate (one key per second) short waits are normal;
+		// say something only when the wait gets long.
+		if !logged && time.Since(begin) > 2*time.Second {
+			logger.Info("KMM cannot serve yet; still retrying", "call", what, "reason", e.Message)
 			logged = true
 		}
 		select {
