@@ -81,6 +81,5 @@ func AgentMain(name string, args []string, stderr io.Writer) int {
 		logger.Error("agent failed", "node", cfg.Node, "err", err)
 		return 1
 	}
-	logger.Info("agent stopped", "node", cfg.Node)
 	return 0
 }
