@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	qkdnetBin = filepath.Join(dir, "qkdnet")
-	cmd := exec.Command("go", "build", "-o", qkdnetBin, "github.com/qkdnet/qkdnet/cmd/qkd-agent")
+	cmd := exec.Command("go", "build", "-o", qkdnetBin, "github.com/qkdnet/qkdnet/cmd/qkdnet")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build qkdnet:", err)
