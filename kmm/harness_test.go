@@ -165,6 +165,11 @@ type testNode struct {
 	stats *stats.Stats
 	srv   *syncServer
 	peers *testPeers
+
+	dir    string
+	peer   string
+	master bool
+	set    Settings
 }
 
 // testPair is nodes A and B joined by link L_AB.
@@ -175,27 +180,48 @@ type testPair struct {
 
 func newTestNode(t *testing.T, name, peer string, master bool, set Settings) *testNode {
 	t.Helper()
-	store, err := keystore.Open(t.TempDir(), keystore.Options{})
-	if err != nil {
-		t.Fatalf("keystore.Open: %v", err)
-	}
-	t.Cleanup(func() { store.Close() })
 	set.Node, set.KMEID = name, "KME_"+name
 	if set.MaxKeysPerRequest == 0 {
 		set.MaxKeysPerRequest = 64
 	}
-	st := stats.New(name, store, func() []string { return []string{linkAB} })
-	peers := &testPeers{clients: map[string]qkdv1.KeySyncServiceClient{}}
-	logger := slog.New(slog.DiscardHandler)
-	k, err := New(set, store, newTopo(name, peer, master), peers, st, logger)
-	if err != nil {
-		t.Fatalf("New(%s): %v", name, err)
-	}
-	n := &testNode{name: name, k: k, store: store, stats: st, peers: peers,
-		srv: &syncServer{h: k, caller: pki.Identity{Kind: pki.KindNode, ID: peer}}}
+	n := &testNode{name: name, dir: t.TempDir(), peer: peer, master: master, set: set,
+		peers: &testPeers{clients: map[string]qkdv1.KeySyncServiceClient{}}}
+	n.open(t)
+	n.srv = &syncServer{h: n.k, caller: pki.Identity{Kind: pki.KindNode, ID: peer}}
 	n.srv.start()
 	t.Cleanup(n.srv.stop)
 	return n
+}
+
+// open opens the node's store and builds its KMM.
+func (n *testNode) open(t *testing.T) {
+	t.Helper()
+	store, err := keystore.Open(n.dir, keystore.Options{})
+	if err != nil {
+		t.Fatalf("keystore.Open: %v", err)
+	}
+	t.Cleanup(func() { store.Close() })
+	st := stats.New(n.name, store, func() []string { return []string{linkAB} })
+	k, err := New(n.set, store, newTopo(n.name, n.peer, n.master), n.peers, st, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("New(%s): %v", n.name, err)
+	}
+	n.k, n.store, n.stats = k, store, st
+}
+
+// restart stops the node as a crash would (nothing but the store on disk
+// survives) and starts it again on the same store.
+func (n *testNode) restart(t *testing.T) {
+	t.Helper()
+	n.srv.stop()
+	if err := n.store.Close(); err != nil {
+		t.Fatalf("close store of %s: %v", n.name, err)
+	}
+	n.open(t)
+	n.srv.mu.Lock()
+	n.srv.h = n.k
+	n.srv.mu.Unlock()
+	n.srv.start()
 }
 
 // connect gives from a client of to's KeySyncService.
