@@ -226,6 +226,10 @@ func TestUnauthorized(t *testing.T) {
 		t.Fatalf("enc_keys B→A: %v", err)
 	}
 	forA := keyIDs(gotRev)[0]
+	// SAE_C has a stream of its own from SAE_A, holding keys.
+	if _, err := enc(t, p.a, saeA, saeC, 2, 256); err != nil {
+		t.Fatalf("enc_keys A→C: %v", err)
+	}
 
 	node := pki.Identity{Kind: pki.KindNode, ID: "B"}
 	tests := []struct {
