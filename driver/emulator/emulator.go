@@ -239,7 +239,8 @@ func (b *bucket) reset(now time.Time) {
 
 // take returns how many keys to generate now, or, if none, how long to wait
 // before asking again. A full batch is taken at once; a partial one only
-// batchInterval after the previous take.
+// batchInterval after the previous take, so that a fast link fills its
+// batches.
 func (b *bucket) take(now time.Time) (n int, wait time.Duration) {
 	if dt := now.Sub(b.last); dt > 0 {
 		b.credit = min(b.credit+dt.Seconds()*b.rate, b.capacity)
@@ -251,16 +252,26 @@ func (b *bucket) take(now time.Time) (n int, wait time.Duration) {
 	if !b.lastTake.IsZero() {
 		gap = b.lastTake.Add(batchInterval).Sub(now)
 	}
-	switch {
-	case whole >= b.batch:
-	case whole >= 1 && gap <= 0:
-	case whole >= 1:
-		return 0, gap
-	default:
-		need := time.Duration(math.Ceil((1 - b.credit) / b.rate * float64(time.Second)))
-		return 0, min(max(need, gap, time.Nanosecond), maxWait)
+	if whole < b.batch && (whole == 0 || gap > 0) {
+		// Wait for the first whole key, and then for the interval to pass
+		// or a full batch to accrue, whichever comes first.
+		return 0, max(b.until(1), min(gap, b.until(float64(b.batch))), time.Nanosecond)
 	}
 	b.credit = max(b.credit-float64(whole), 0)
 	b.lastTake = now
 	return whole, 0
+}
+
+// until returns how long the credit takes to reach c, at most maxWait.
+func (b *bucket) until(c float64) time.Duration {
+	if b.credit+1e-9 >= c {
+		return 0
+	}
+	// Rounding down by a microsecond's fraction keeps float noise from
+	// adding a nanosecond; the epsilon in take makes up for it.
+	ns := math.Ceil((c-b.credit)/b.rate*float64(time.Second) - 1e-3)
+	if ns >= float64(maxWait) {
+		return maxWait
+	}
+	return time.Duration(ns)
 }

@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/qkdnet/qkdnet/driver/internal/peerauth"
-	"github.com/qkdnet/qkdnet/pki"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/pki"
 )
 
 // Server serves the classical channel of every emulated link for which this
