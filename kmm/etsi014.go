@@ -168,10 +168,13 @@ func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.Ke
 		return nil, err
 	}
 	keys, err := k.store.TakeNext(st.ID, number, size)
-	if errors.Is(err, keystore.ErrNotEnoughKeys) {
+	// On demand: allocate what this request needs and try again; a few
+	// rounds, since concurrent requests may take what one round allocated.
+	for round := 0; round < 3 && errors.Is(err, keystore.ErrNotEnoughKeys); round++ {
 		want := number * partsPerKey(size, link.KeyBytes)
 		if ferr := k.fill(ctx, st, link, want); ferr != nil {
 			k.logger.WarnContext(ctx, "on-demand allocation failed", "stream", st.ID, "err", ferr)
+			break
 		}
 		keys, err = k.store.TakeNext(st.ID, number, size)
 	}
@@ -217,7 +220,28 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	}
 	streamID := StreamID(master, slave)
 	keys, err := k.store.TakeIDs(streamID, ids)
+	// The Slave KMM may serve a key to its SAE the moment it applied the
+	// batch, before this (Master) KMM has the answer and commits. Such a key
+	// is in a pending batch here: wait for the commit rather than say 400.
 	var ke *keystore.KeyError
+	unknown := func() bool { return errors.As(err, &ke) && errors.Is(err, keystore.ErrUnknownKey) }
+	for deadline := time.Now().Add(2 * time.Second); unknown() && time.Now().Before(deadline); {
+		// Read "pending" before retrying: a commit landing in between is
+		// then seen by the retry.
+		pending := k.store.IsPending(streamID, ke.KeyID)
+		keys, err = k.store.TakeIDs(streamID, ids)
+		if !pending || !unknown() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if errors.As(err, &ke) && errors.Is(err, keystore.ErrUnknownKey) && k.store.IsPending(streamID, ke.KeyID) {
+		return nil, unavailable(fmt.Sprintf("key_ID %s is still being synchronised with the peer KME; retry", ke.KeyID))
+	}
 	if errors.As(err, &ke) {
 		if errors.Is(err, keystore.ErrUnknownKey) {
 			for _, other := range k.store.Streams() {

@@ -119,6 +119,10 @@ func (s Settings) Validate() error {
 		return fmt.Errorf("kmm: max_key_size %d exceeds %d bits", s.MaxKeySize, keystore.MaxKeyBits)
 	case s.MaxKeysPerRequest < 1 || s.PoolMax < 1:
 		return errors.New("kmm: max_keys_per_request and pool_max must be positive")
+	case s.KeyLifetime < time.Second:
+		return fmt.Errorf("kmm: key_lifetime %v is shorter than a second", s.KeyLifetime)
+	case s.AllocPeriod < time.Millisecond:
+		return fmt.Errorf("kmm: alloc_period %v is shorter than a millisecond", s.AllocPeriod)
 	}
 	return nil
 }
@@ -201,9 +205,15 @@ func (k *KMM) Sink(link string) driver.Sink {
 				driver.Zero(key.Bytes)
 			}
 		}()
-		for k.store.PoolCount(link) >= k.set.PoolMax {
+		for {
+			// Take the change signal before reading the count, so a change
+			// in between cannot be missed.
+			changed := k.store.Changed()
+			if k.store.PoolCount(link) < k.set.PoolMax {
+				break
+			}
 			select {
-			case <-k.store.Changed():
+			case <-changed:
 			case <-ctx.Done():
 				return ctx.Err()
 			}

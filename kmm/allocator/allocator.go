@@ -169,7 +169,7 @@ type Grant struct {
 // Plan divides the available pool keys among streams by QoS. First, in order
 // of priority, every stream gets what its key rate promises for one period
 // (at least one key), up to its free buffer; then what is left fills free
-// buffers, again by priority. It is a pure function so the policy is tested
+// buffers, by priority, shared evenly among streams of equal priority. It is a pure function so the policy is tested
 // on its own.
 func Plan(streams []keystore.Stream, held func(streamID string) int, available int, period time.Duration) []Grant {
 	type want struct {
@@ -201,10 +201,35 @@ func Plan(streams []keystore.Stream, held func(streamID string) int, available i
 		w.got += n
 		available -= n
 	}
-	for _, w := range ws {
-		n := min(w.free-w.got, available)
-		w.got += n
-		available -= n
+	// Leftovers go to free buffers by priority; streams of equal priority
+	// share evenly (water-filling), so one stream cannot take the pool.
+	for i := 0; i < len(ws) && available > 0; {
+		j := i
+		for j < len(ws) && ws[j].priority == ws[i].priority {
+			j++
+		}
+		group := ws[i:j]
+		for available > 0 {
+			open := 0
+			for _, w := range group {
+				if w.got < w.free {
+					open++
+				}
+			}
+			if open == 0 {
+				break
+			}
+			share := max(available/open, 1)
+			for _, w := range group {
+				if available == 0 {
+					break
+				}
+				n := min(w.free-w.got, share, available)
+				w.got += n
+				available -= n
+			}
+		}
+		i = j
 	}
 	var out []Grant
 	for _, w := range ws {
@@ -215,9 +240,11 @@ func Plan(streams []keystore.Stream, held func(streamID string) int, available i
 	return out
 }
 
-// Fill makes the stream hold at least want keys if the pool allows, now; it
-// is the on-demand path of an SAE request. It returns how many keys it
-// allocated.
+// Fill allocates want more keys to the stream now, if the pool allows; it is
+// the on-demand path of an SAE request. It allocates want more rather than
+// "up to want": concurrent requests each need their own keys, and the keys
+// this KMM holds may be waiting for the other end's SAE (a stream served at
+// the Slave KMM). It returns how many keys it allocated.
 func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (int, error) {
 	m := a.linkLock(link)
 	m.Lock()
@@ -225,11 +252,10 @@ func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (
 	if err := a.resendPending(ctx, link); err != nil {
 		return 0, err
 	}
-	need := want - a.store.StreamCount(streamID)
-	if need <= 0 {
+	if want <= 0 {
 		return 0, nil
 	}
-	return a.allocate(ctx, streamID, need)
+	return a.allocate(ctx, streamID, want)
 }
 
 // allocate reserves up to n keys in batches, synchronises each with the

@@ -66,9 +66,9 @@ func TestPlan(t *testing.T) {
 		{desc: "promised capped by free buffer, rest to next",
 			streams: []keystore.Stream{stream("s1", 100, 10, 2), stream("s2", 100, 50, 1)}, held: map[string]int{"s1": 8}, available: 30, period: time.Second,
 			want: []Grant{{"s1", 2}, {"s2", 28}}},
-		{desc: "equal priority ordered by stream ID",
+		{desc: "equal priority shares leftovers evenly, remainder by stream ID",
 			streams: []keystore.Stream{stream("b", 1, 5, 0), stream("c", 1, 5, 0), stream("a", 1, 5, 0)}, available: 7, period: time.Second,
-			want: []Grant{{"a", 5}, {"b", 1}, {"c", 1}}},
+			want: []Grant{{"a", 3}, {"b", 2}, {"c", 2}}},
 		{desc: "every buffer full after plan", streams: []keystore.Stream{stream("s1", 1, 4, 0), stream("s2", 1, 6, 0)}, held: map[string]int{"s1": 1, "s2": 1}, available: 1000, period: time.Second,
 			want: []Grant{{"s1", 3}, {"s2", 5}}},
 	}
@@ -313,10 +313,13 @@ func TestFill(t *testing.T) {
 		wantN       int
 		wantBatches []int
 	}{
-		{desc: "nothing needed", supply: 10, held: 5, want: 5, wantN: 0},
+		// Fill allocates want more whatever the stream holds: concurrent
+		// requests each need their own keys.
+		{desc: "keys held do not count", supply: 10, held: 5, want: 5, wantN: 5, wantBatches: []int{4, 1}},
+		{desc: "nothing wanted", supply: 10, held: 5, want: 0, wantN: 0},
 		{desc: "one batch", supply: 10, want: 3, wantN: 3, wantBatches: []int{3}},
 		{desc: "split in batches", supply: 20, want: 10, wantN: 10, wantBatches: []int{4, 4, 2}},
-		{desc: "only what is missing", supply: 20, held: 6, want: 10, wantN: 4, wantBatches: []int{4}},
+		{desc: "held keys do not reduce the allocation", supply: 20, held: 6, want: 10, wantN: 10, wantBatches: []int{4, 4, 2}},
 		{desc: "pool short", supply: 5, want: 10, wantN: 5, wantBatches: []int{4, 1}},
 		{desc: "empty pool", supply: 0, want: 10, wantN: 0},
 		{desc: "keys the Slave lacks are not counted", supply: 10, want: 4, unknown: 1, wantN: 3, wantBatches: []int{4}},

@@ -1132,6 +1132,26 @@ func (s *Store) Holds(streamID, keyID string) bool {
 	return found
 }
 
+// IsPending reports whether a served key_ID names a key of a batch this
+// (Master) KMM reserved for the stream and has not committed yet.
+func (s *Store) IsPending(streamID, keyID string) bool {
+	p, err := parseKeyID(keyID)
+	if err != nil {
+		return false
+	}
+	found := false
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
+			var pb pendingBatch
+			if json.Unmarshal(v, &pb) == nil && pb.StreamID == streamID && p.seq >= pb.FirstSeq && p.seq < pb.FirstSeq+uint64(len(pb.Entries)) {
+				found = true
+			}
+			return nil
+		})
+	})
+	return found
+}
+
 // ---- destruction ----
 
 var errStop = errors.New("stop")
