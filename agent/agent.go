@@ -25,6 +25,7 @@ import (
 	"github.com/qkdnet/qkdnet/agent/gateway"
 	"github.com/qkdnet/qkdnet/driver"
 	"github.com/qkdnet/qkdnet/driver/emulator"
+	"github.com/qkdnet/qkdnet/driver/remote"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/kmm"
 	"github.com/qkdnet/qkdnet/kmm/keystore"
@@ -101,9 +102,11 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	emu := emulator.NewServer(a.logger.With("part", "emulator"))
 	emu.Register(gs)
+	remoteSvc := remote.NewService(a.logger.With("part", "driver-service"))
+	remoteSvc.Register(gs)
 	drivers := map[string]driver.Driver{}
 	for _, l := range cfg.Topology.Links {
-		d, err := a.newDriver(l, emu, peers)
+		d, err := a.newDriver(l, emu, remoteSvc, peers)
 		if err != nil {
 			return err
 		}
@@ -221,7 +224,7 @@ func (a *Agent) runDriver(ctx context.Context, link string, d driver.Driver, sin
 	}
 }
 
-func (a *Agent) newDriver(l Link, emu *emulator.Server, peers *peerConns) (driver.Driver, error) {
+func (a *Agent) newDriver(l Link, emu *emulator.Server, remoteSvc *remote.Service, peers *peerConns) (driver.Driver, error) {
 	log := a.logger.With("link", l.ID)
 	switch l.Driver.Kind {
 	case "emulator":
@@ -239,6 +242,10 @@ func (a *Agent) newDriver(l Link, emu *emulator.Server, peers *peerConns) (drive
 			return nil, err
 		}
 		return emulator.NewBob(l.ID, conn, log), nil
+	case "remote":
+		// A driver process on this node pushes the link's keys over
+		// DriverService with a node certificate.
+		return remoteSvc.Link(l.ID), nil
 	}
 	return nil, fmt.Errorf("link %s: unknown driver kind %q", l.ID, l.Driver.Kind)
 }
