@@ -2,10 +2,11 @@ package emulator_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"net"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strings"
@@ -15,10 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/qkdnet/qkdnet/driver/emulator"
 	"github.com/qkdnet/qkdnet/driver/internal/testcerts"
 	"github.com/qkdnet/qkdnet/driver/internal/testlog"
+	"github.com/qkdnet/qkdnet/driver/internal/testrig"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/pki"
 )
@@ -43,6 +42,7 @@ func TestConformanceBufconn(t *testing.T) {
 	drivertest.Run(t, func(t testing.TB) (driver.Driver, driver.Driver) {
 		alice, conn := serveAlice(t, "A-B", fast, emulator.AllowInsecurePeer())
 		bob := emulator.NewBob("A-B", conn, testlog.New(t), emulator.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
+		t.Cleanup(func() { bob.Close() })
 		return alice, bob
 	}, conformanceOpts()...)
 }
@@ -54,158 +54,12 @@ func TestConformanceMutualTLS(t *testing.T) {
 		ca := testcerts.NewCA(t)
 		logger := testlog.New(t)
 		alice := emulator.NewAlice("A-B", fast, logger, emulator.WithPeer("B"))
-		addr := serveTLS(t, ca, node("A"), alice.Register)
-		conn := dialTLS(t, ca, node("B"), addr)
+		addr := testrig.ServeTLS(t, ca, testrig.Node("A"), alice.Register)
+		conn := testrig.DialTLS(t, ca, ca.Issue(t, testrig.Node("B")), addr)
 		bob := emulator.NewBob("A-B", conn, logger, emulator.WithBackoff(5*time.Millisecond, 50*time.Millisecond))
 		t.Cleanup(func() { alice.Close(); bob.Close() })
 		return alice, bob
 	}, conformanceOpts()...)
-}
-
-func node(id string) pki.Identity { return pki.Identity{Kind: pki.KindNode, ID: id} }
-
-// serveAlice serves a new Alice on an in-memory gRPC server and returns her and
-// a connection to it.
-func serveAlice(t testing.TB, linkID string, cfg emulator.Config, opts ...emulator.Option) (*emulator.Alice, *grpc.ClientConn) {
-	t.Helper()
-	alice := emulator.NewAlice(linkID, cfg, testlog.New(t), opts...)
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	alice.Register(srv)
-	go srv.Serve(lis)
-	conn := dialBufconn(t, func() *bufconn.Listener { return lis })
-	t.Cleanup(func() {
-		alice.Close()
-		conn.Close()
-		srv.Stop()
-	})
-	return alice, conn
-}
-
-// dialBufconn connects through whatever listener lis returns at each dial, and
-// reconnects quickly, so tests can restart a server.
-func dialBufconn(t testing.TB, lis func() *bufconn.Listener, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	opts = append(opts,
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis().DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond}}),
-	)
-	conn, err := grpc.NewClient("passthrough:///bufnet", opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return conn
-}
-
-// serveTLS serves what register puts on a mutual-TLS gRPC server on 127.0.0.1
-// presenting id's certificate, and returns its address.
-func serveTLS(t testing.TB, ca *testcerts.CA, id pki.Identity, register func(grpc.ServiceRegistrar)) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(ca.ServerTLS(ca.Issue(t, id)))))
-	register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
-}
-
-func dialTLS(t testing.TB, ca *testcerts.CA, id pki.Identity, addr string) *grpc.ClientConn {
-	t.Helper()
-	return dialTLSCert(t, ca, ca.Issue(t, id), addr)
-}
-
-func dialTLSCert(t testing.TB, ca *testcerts.CA, cert tlsCert, addr string) *grpc.ClientConn {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(ca.ClientTLS(cert))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
-
-// collector is a sink that keeps what it accepted.
-type collector struct {
-	mu   sync.Mutex
-	keys []driver.Key
-}
-
-func (c *collector) sink(_ context.Context, keys []driver.Key) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.keys = append(c.keys, keys...)
-	return nil
-}
-
-func (c *collector) get() []driver.Key {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.keys)
-}
-
-func (c *collector) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.keys)
-}
-
-// start Runs d in a goroutine until the test ends.
-func start(t testing.TB, d driver.Driver, sink driver.Sink) (stop func() error) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, sink) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(10 * time.Second):
-				t.Errorf("Run did not return")
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	return stop
-}
-
-// eventually polls cond every few milliseconds for up to 10 s.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// samePrefix fails unless a and b agree on their common length, holding no
-// key_ID twice.
-func samePrefix(t testing.TB, a, b []driver.Key) {
-	t.Helper()
-	for i := range min(len(a), len(b)) {
-		if a[i].ID != b[i].ID || string(a[i].Bytes) != string(b[i].Bytes) {
-			t.Fatalf("key %d differs: %s vs %s", i, a[i].ID, b[i].ID)
-		}
-	}
-	for _, keys := range [][]driver.Key{a, b} {
-		seen := map[string]bool{}
-		for _, k := range keys {
-			if seen[k.ID] {
-				t.Fatalf("key_ID %s delivered twice", k.ID)
-			}
-			seen[k.ID] = true
-		}
-	}
 }
 
 func exchange(t testing.TB, conn grpc.ClientConnInterface) (grpc.BidiStreamingClient[qkdv1.ExchangeRequest, qkdv1.ExchangeResponse], context.CancelFunc) {
@@ -233,6 +87,16 @@ func hello(t testing.TB, stream grpc.BidiStreamingClient[qkdv1.ExchangeRequest, 
 	return status.Code(err)
 }
 
+// serveAlice serves a new Alice on an in-memory gRPC server and returns her and
+// a connection to it.
+func serveAlice(t testing.TB, linkID string, cfg emulator.Config, opts ...emulator.Option) (*emulator.Alice, *grpc.ClientConn) {
+	t.Helper()
+	alice := emulator.NewAlice(linkID, cfg, testlog.New(t), opts...)
+	conn := testrig.ServeDial(t, alice.Register)
+	t.Cleanup(func() { alice.Close() })
+	return alice, conn
+}
+
 func TestHelloChecks(t *testing.T) {
 	tests := []struct {
 		desc   string
@@ -256,20 +120,18 @@ func TestHelloChecks(t *testing.T) {
 	}
 }
 
-type tlsCert = tlsCertificate
-
 // TestPeerIdentity checks who Alice accepts as Bob over mutual TLS.
 func TestPeerIdentity(t *testing.T) {
 	ca := testcerts.NewCA(t)
 	tests := []struct {
 		desc string
 		peer string // WithPeer; "" for any node
-		cert tlsCert
+		cert tls.Certificate
 		want codes.Code
 	}{
-		{desc: "any node", cert: ca.Issue(t, node("B")), want: codes.OK},
-		{desc: "the peer node", peer: "B", cert: ca.Issue(t, node("B")), want: codes.OK},
-		{desc: "another node", peer: "B", cert: ca.Issue(t, node("C")), want: codes.PermissionDenied},
+		{desc: "any node", cert: ca.Issue(t, testrig.Node("B")), want: codes.OK},
+		{desc: "the peer node", peer: "B", cert: ca.Issue(t, testrig.Node("B")), want: codes.OK},
+		{desc: "another node", peer: "B", cert: ca.Issue(t, testrig.Node("C")), want: codes.PermissionDenied},
 		{desc: "an SAE", cert: ca.Issue(t, pki.Identity{Kind: pki.KindSAE, ID: "SAE_B"}), want: codes.PermissionDenied},
 		{desc: "no identity", cert: ca.IssueURIs(t), want: codes.PermissionDenied},
 		{desc: "malformed identity", cert: ca.IssueURIs(t, &url.URL{Scheme: "qkd", Host: "router", Path: "/B"}), want: codes.PermissionDenied},
@@ -282,8 +144,8 @@ func TestPeerIdentity(t *testing.T) {
 			}
 			alice := emulator.NewAlice("A-B", fast, testlog.New(t), opts...)
 			t.Cleanup(func() { alice.Close() })
-			addr := serveTLS(t, ca, node("A"), alice.Register)
-			stream, _ := exchange(t, dialTLSCert(t, ca, tt.cert, addr))
+			addr := testrig.ServeTLS(t, ca, testrig.Node("A"), alice.Register)
+			stream, _ := exchange(t, testrig.DialTLS(t, ca, tt.cert, addr))
 			if got := hello(t, stream, "A-B"); got != tt.want {
 				t.Fatalf("hello: %v, want %v", got, tt.want)
 			}
@@ -295,8 +157,8 @@ func TestPeerIdentity(t *testing.T) {
 // re-sends him the batch the first one never acknowledged, bit for bit.
 func TestSecondBobReplacesFirst(t *testing.T) {
 	alice, conn := serveAlice(t, "A-B", fast, emulator.AllowInsecurePeer())
-	var got collector
-	start(t, alice, got.sink)
+	var got testrig.Collector
+	testrig.Start(t, alice, got.Sink)
 
 	first, _ := exchange(t, conn)
 	if c := hello(t, first, "A-B"); c != codes.OK {
@@ -327,14 +189,14 @@ func TestSecondBobReplacesFirst(t *testing.T) {
 			t.Fatalf("re-sent key %d differs", i)
 		}
 	}
-	if got.len() != 0 {
+	if got.Len() != 0 {
 		t.Fatal("Alice's sink got keys Bob never acknowledged")
 	}
 	if err := second.Send(&qkdv1.ExchangeRequest{Ack: b2.GetBatch()}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "Alice's sink to get the batch", func() bool { return got.len() >= len(b1.GetKeys()) })
-	keys := got.get()[:len(b1.GetKeys())]
+	testrig.Eventually(t, "Alice's sink to get the batch", func() bool { return got.Len() >= len(b1.GetKeys()) })
+	keys := got.Keys()[:len(b1.GetKeys())]
 	for i, k := range keys {
 		if k.ID != b1.GetKeys()[i].GetKeyId() || string(k.Bytes) != string(b1.GetKeys()[i].GetKey()) {
 			t.Fatalf("Alice's key %d differs from what Bob got", i)
@@ -392,29 +254,23 @@ func TestLostAckIsNotDeliveredTwice(t *testing.T) {
 		lossy := &lossyChannel{seen: map[uint64]int{}}
 		lossy.dropAck.Store(batch)
 		alice := emulator.NewAlice("A-B", fast, testlog.New(t), emulator.AllowInsecurePeer())
-		lis := bufconn.Listen(1 << 20)
-		srv := grpc.NewServer()
-		alice.Register(srv)
-		go srv.Serve(lis)
-		t.Cleanup(srv.Stop)
-		conn := dialBufconn(t, func() *bufconn.Listener { return lis }, grpc.WithStreamInterceptor(lossy.intercept))
-		t.Cleanup(func() { conn.Close() })
+		conn := testrig.ServeDial(t, alice.Register, grpc.WithStreamInterceptor(lossy.intercept))
 		bob := emulator.NewBob("A-B", conn, testlog.New(t), emulator.WithBackoff(time.Millisecond, 10*time.Millisecond))
 
-		var ka, kb collector
-		stopA, stopB := start(t, alice, ka.sink), start(t, bob, kb.sink)
-		eventually(t, "keys past the lost acknowledgement", func() bool { return ka.len() > 5*fast.MaxBatch })
+		var ka, kb testrig.Collector
+		stopA, stopB := testrig.Start(t, alice, ka.Sink), testrig.Start(t, bob, kb.Sink)
+		testrig.Eventually(t, "keys past the lost acknowledgement", func() bool { return ka.Len() > 5*fast.MaxBatch })
 		stopA()
 		stopB()
-		samePrefix(t, ka.get(), kb.get())
+		testrig.SamePrefix(t, ka.Keys(), kb.Keys())
 		lossy.mu.Lock()
 		n := lossy.seen[batch]
 		lossy.mu.Unlock()
 		if n != 2 {
 			t.Errorf("batch %d arrived %d times, want 2 (sent, then re-sent)", batch, n)
 		}
-		if s := bob.Status(); s.KeysDelivered != uint64(kb.len()) {
-			t.Errorf("Bob's KeysDelivered = %d, his sink has %d", s.KeysDelivered, kb.len())
+		if s := bob.Status(); s.KeysDelivered != uint64(kb.Len()) {
+			t.Errorf("Bob's KeysDelivered = %d, his sink has %d", s.KeysDelivered, kb.Len())
 		}
 		alice.Close()
 		bob.Close()
@@ -428,38 +284,34 @@ func TestBobReconnectsAfterServerRestart(t *testing.T) {
 	t.Cleanup(func() { alice.Close() })
 	var cur atomic.Pointer[bufconn.Listener]
 	serve := func() *grpc.Server {
-		lis := bufconn.Listen(1 << 20)
-		srv := grpc.NewServer()
-		alice.Register(srv)
-		go srv.Serve(lis)
+		lis, srv := testrig.Serve(t, alice.Register)
 		cur.Store(lis)
 		return srv
 	}
 	srv := serve()
-	conn := dialBufconn(t, cur.Load)
-	t.Cleanup(func() { conn.Close() })
+	conn := testrig.Dial(t, cur.Load)
 	bob := emulator.NewBob("A-B", conn, testlog.New(t), emulator.WithBackoff(time.Millisecond, 10*time.Millisecond))
 	t.Cleanup(func() { bob.Close() })
 
-	var ka, kb collector
-	stopA, stopB := start(t, alice, ka.sink), start(t, bob, kb.sink)
+	var ka, kb testrig.Collector
+	stopA, stopB := testrig.Start(t, alice, ka.Sink), testrig.Start(t, bob, kb.Sink)
 	for i := range 3 {
-		n := ka.len()
-		eventually(t, "keys", func() bool { return ka.len() > n+100 })
+		n := ka.Len()
+		testrig.Eventually(t, "keys", func() bool { return ka.Len() > n+100 })
 		srv.Stop()
-		eventually(t, "Bob to notice", func() bool { return !bob.Status().Connected })
+		testrig.Eventually(t, "Bob to notice", func() bool { return !bob.Status().Connected })
 		srv = serve()
-		eventually(t, "Bob to reconnect", func() bool { return bob.Status().Connected && alice.Status().Connected })
-		t.Logf("restart %d: Alice has %d keys, Bob %d", i, ka.len(), kb.len())
+		testrig.Eventually(t, "Bob to reconnect", func() bool { return bob.Status().Connected && alice.Status().Connected })
+		t.Logf("restart %d: Alice has %d keys, Bob %d", i, ka.Len(), kb.Len())
 	}
-	n := ka.len()
-	eventually(t, "keys after the last restart", func() bool { return ka.len() > n+100 })
+	n := ka.Len()
+	testrig.Eventually(t, "keys after the last restart", func() bool { return ka.Len() > n+100 })
 	stopA()
 	stopB()
 	srv.Stop()
-	samePrefix(t, ka.get(), kb.get())
-	if d := kb.len() - ka.len(); d < 0 || d > fast.MaxBatch {
-		t.Errorf("Bob has %d keys, Alice %d: want Bob ahead by at most one batch", kb.len(), ka.len())
+	testrig.SamePrefix(t, ka.Keys(), kb.Keys())
+	if d := kb.Len() - ka.Len(); d < 0 || d > fast.MaxBatch {
+		t.Errorf("Bob has %d keys, Alice %d: want Bob ahead by at most one batch", kb.Len(), ka.Len())
 	}
 }
 
@@ -521,7 +373,7 @@ type rateRig struct {
 	clock  *fakeClock
 	alice  *emulator.Alice
 	bob    *emulator.Bob
-	ka, kb collector
+	ka, kb testrig.Collector
 }
 
 func newRateRig(t *testing.T, cfg emulator.Config, startBob bool) *rateRig {
@@ -530,7 +382,7 @@ func newRateRig(t *testing.T, cfg emulator.Config, startBob bool) *rateRig {
 	r.alice, conn = serveAlice(t, "A-B", cfg, emulator.AllowInsecurePeer(), emulator.WithClock(r.clock))
 	r.bob = emulator.NewBob("A-B", conn, testlog.New(t))
 	t.Cleanup(func() { r.bob.Close() })
-	start(t, r.alice, r.ka.sink)
+	testrig.Start(t, r.alice, r.ka.Sink)
 	if startBob {
 		r.startBob()
 	}
@@ -538,15 +390,15 @@ func newRateRig(t *testing.T, cfg emulator.Config, startBob bool) *rateRig {
 }
 
 func (r *rateRig) startBob() {
-	start(r.t, r.bob, r.kb.sink)
+	testrig.Start(r.t, r.bob, r.kb.Sink)
 	r.settle()
 }
 
 // settle waits until Alice waits on the clock again, with both sinks level.
 func (r *rateRig) settle() {
 	r.t.Helper()
-	eventually(r.t, "Alice to wait for key credit", func() bool {
-		return r.clock.Waiters() == 1 && r.ka.len() == r.kb.len()
+	testrig.Eventually(r.t, "Alice to wait for key credit", func() bool {
+		return r.clock.Waiters() == 1 && r.ka.Len() == r.kb.Len()
 	})
 }
 
@@ -555,8 +407,8 @@ func (r *rateRig) advance(d time.Duration) int {
 	r.t.Helper()
 	r.clock.Advance(d)
 	r.settle()
-	samePrefix(r.t, r.ka.get(), r.kb.get())
-	return r.ka.len()
+	testrig.SamePrefix(r.t, r.ka.Keys(), r.kb.Keys())
+	return r.ka.Len()
 }
 
 // TestKeyRate steps a fake clock and counts keys exactly.
@@ -578,7 +430,7 @@ func TestKeyRate(t *testing.T) {
 			t.Fatalf("after another %v: %d keys, want %d", step.d, got, step.want)
 		}
 	}
-	for _, k := range r.ka.get() {
+	for _, k := range r.ka.Keys() {
 		if len(k.Bytes) != emulator.DefaultKeyBytes {
 			t.Fatalf("key of %d bytes, want the default %d", len(k.Bytes), emulator.DefaultKeyBytes)
 		}
@@ -623,28 +475,28 @@ func TestBlockedSinkStopsGeneration(t *testing.T) {
 	t.Cleanup(func() { bob.Close() })
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	var ka, kb collector
-	start(t, alice, func(ctx context.Context, keys []driver.Key) error {
+	var ka, kb testrig.Collector
+	testrig.Start(t, alice, func(ctx context.Context, keys []driver.Key) error {
 		once.Do(func() { close(entered) })
 		<-release
-		return ka.sink(ctx, keys)
+		return ka.Sink(ctx, keys)
 	})
-	start(t, bob, kb.sink)
-	eventually(t, "Alice to wait on the clock", func() bool { return clock.Waiters() == 1 })
+	testrig.Start(t, bob, kb.Sink)
+	testrig.Eventually(t, "Alice to wait on the clock", func() bool { return clock.Waiters() == 1 })
 	clock.Advance(time.Second)
 	<-entered
 	for range 100 {
 		clock.Advance(time.Hour)
 	}
-	if kb.len() != 10 || clock.Waiters() != 0 {
-		t.Fatalf("while Alice's sink blocks: Bob has %d keys (want 10), %d waits on the clock (want 0)", kb.len(), clock.Waiters())
+	if kb.Len() != 10 || clock.Waiters() != 0 {
+		t.Fatalf("while Alice's sink blocks: Bob has %d keys (want 10), %d waits on the clock (want 0)", kb.Len(), clock.Waiters())
 	}
 	close(release)
 	// The stall is worth at most the module's buffer: one batch plus 50ms
 	// of keys (10 + 50), of which 10 went out before the sink blocked.
-	eventually(t, "Alice to wait again", func() bool { return clock.Waiters() == 1 && ka.len() == kb.len() })
-	if kb.len() != 70 {
-		t.Fatalf("Bob has %d keys after the stall, want 70", kb.len())
+	testrig.Eventually(t, "Alice to wait again", func() bool { return clock.Waiters() == 1 && ka.Len() == kb.Len() })
+	if kb.Len() != 70 {
+		t.Fatalf("Bob has %d keys after the stall, want 70", kb.Len())
 	}
 }
 
@@ -653,37 +505,31 @@ func TestBlockedSinkStopsGeneration(t *testing.T) {
 func TestAliceRestart(t *testing.T) {
 	logger := testlog.New(t)
 	servers := emulator.NewServer(logger)
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	servers.Register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn := dialBufconn(t, func() *bufconn.Listener { return lis })
-	t.Cleanup(func() { conn.Close() })
+	conn := testrig.ServeDial(t, servers.Register)
 	bob := emulator.NewBob("A-B", conn, logger, emulator.WithBackoff(time.Millisecond, 10*time.Millisecond))
 	t.Cleanup(func() { bob.Close() })
-	var kb collector
-	start(t, bob, kb.sink)
+	var kb testrig.Collector
+	testrig.Start(t, bob, kb.Sink)
 
-	var alices [2]collector
+	var alices [2]testrig.Collector
 	for i := range alices {
 		clock := newFakeClock()
 		alice := emulator.NewAlice("A-B", emulator.Config{KeyRate: 10}, logger, emulator.AllowInsecurePeer(), emulator.WithClock(clock))
 		if err := servers.Add(alice); err != nil {
 			t.Fatal(err)
 		}
-		stop := start(t, alice, alices[i].sink)
-		eventually(t, "Bob to connect", func() bool { return clock.Waiters() == 1 })
+		stop := testrig.Start(t, alice, alices[i].Sink)
+		testrig.Eventually(t, "Bob to connect", func() bool { return clock.Waiters() == 1 })
 		clock.Advance(time.Second) // exactly one batch of 10 keys: batch 1
-		eventually(t, "the batch at both ends", func() bool { return alices[i].len() == 10 && kb.len() == 10*(i+1) })
+		testrig.Eventually(t, "the batch at both ends", func() bool { return alices[i].Len() == 10 && kb.Len() == 10*(i+1) })
 		stop()
 		alice.Close()
 		servers.Remove(alice)
 	}
-	want := append(alices[0].get(), alices[1].get()...)
-	samePrefix(t, want, kb.get())
-	if kb.len() != 20 {
-		t.Fatalf("Bob has %d keys, want 20", kb.len())
+	want := append(alices[0].Keys(), alices[1].Keys()...)
+	testrig.SamePrefix(t, want, kb.Keys())
+	if kb.Len() != 20 {
+		t.Fatalf("Bob has %d keys, want 20", kb.Len())
 	}
 }
 
@@ -692,13 +538,7 @@ func TestAliceRestart(t *testing.T) {
 func TestServerServesSeveralLinks(t *testing.T) {
 	logger := testlog.New(t)
 	s := emulator.NewServer(logger)
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	s.Register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn := dialBufconn(t, func() *bufconn.Listener { return lis })
-	t.Cleanup(func() { conn.Close() })
+	conn := testrig.ServeDial(t, s.Register)
 	for _, link := range []string{"A-B", "A-C"} {
 		alice := emulator.NewAlice(link, fast, logger, emulator.AllowInsecurePeer())
 		if err := s.Add(alice); err != nil {
@@ -709,12 +549,12 @@ func TestServerServesSeveralLinks(t *testing.T) {
 		}
 		bob := emulator.NewBob(link, conn, logger)
 		t.Cleanup(func() { alice.Close(); bob.Close() })
-		var ka, kb collector
-		stopA, stopB := start(t, alice, ka.sink), start(t, bob, kb.sink)
-		eventually(t, "keys on link "+link, func() bool { return ka.len() >= 100 })
+		var ka, kb testrig.Collector
+		stopA, stopB := testrig.Start(t, alice, ka.Sink), testrig.Start(t, bob, kb.Sink)
+		testrig.Eventually(t, "keys on link "+link, func() bool { return ka.Len() >= 100 })
 		stopA()
 		stopB()
-		samePrefix(t, ka.get(), kb.get())
+		testrig.SamePrefix(t, ka.Keys(), kb.Keys())
 	}
 }
 
@@ -722,19 +562,13 @@ func TestServerServesSeveralLinks(t *testing.T) {
 // every key's bits in every usual encoding.
 func TestLogsHoldNoKeyMaterial(t *testing.T) {
 	capture := testlog.NewCapture()
-	logger := slogNew(capture)
+	logger := slog.New(capture)
 	alice := emulator.NewAlice("A-B", fast, logger, emulator.AllowInsecurePeer())
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	alice.Register(srv)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn := dialBufconn(t, func() *bufconn.Listener { return lis })
-	t.Cleanup(func() { conn.Close() })
+	conn := testrig.ServeDial(t, alice.Register)
 	bob := emulator.NewBob("A-B", conn, logger)
-	var ka, kb collector
-	stopA, stopB := start(t, alice, ka.sink), start(t, bob, kb.sink)
-	eventually(t, "keys", func() bool { return ka.len() >= 500 })
+	var ka, kb testrig.Collector
+	stopA, stopB := testrig.Start(t, alice, ka.Sink), testrig.Start(t, bob, kb.Sink)
+	testrig.Eventually(t, "keys", func() bool { return ka.Len() >= 500 })
 	stopA()
 	stopB()
 	alice.Close()
@@ -743,7 +577,7 @@ func TestLogsHoldNoKeyMaterial(t *testing.T) {
 	if !strings.Contains(out, "batch stored") {
 		t.Fatalf("expected debug logs, got %q", out)
 	}
-	for _, k := range kb.get() {
+	for _, k := range kb.Keys() {
 		for _, enc := range []string{
 			string(k.Bytes), hex.EncodeToString(k.Bytes), strings.ToUpper(hex.EncodeToString(k.Bytes)),
 			base64.StdEncoding.EncodeToString(k.Bytes), base64.RawURLEncoding.EncodeToString(k.Bytes),
@@ -759,15 +593,15 @@ func TestRunTwiceAtOnce(t *testing.T) {
 	alice, conn := serveAlice(t, "A-B", fast, emulator.AllowInsecurePeer())
 	bob := emulator.NewBob("A-B", conn, testlog.New(t))
 	t.Cleanup(func() { bob.Close() })
-	var ka, kb collector
-	start(t, alice, ka.sink)
-	start(t, bob, kb.sink)
-	eventually(t, "keys at both ends", func() bool { return ka.len() > 0 && kb.len() > 0 })
+	var ka, kb testrig.Collector
+	testrig.Start(t, alice, ka.Sink)
+	testrig.Start(t, bob, kb.Sink)
+	testrig.Eventually(t, "keys at both ends", func() bool { return ka.Len() > 0 && kb.Len() > 0 })
 	// With a cancelled context, a Run that did start would return at once.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, d := range []driver.Driver{alice, bob} {
-		if err := d.Run(ctx, kb.sink); err == nil || errors.Is(err, driver.ErrClosed) || errors.Is(err, context.Canceled) {
+		if err := d.Run(ctx, kb.Sink); err == nil || errors.Is(err, driver.ErrClosed) || errors.Is(err, context.Canceled) {
 			t.Errorf("a second Run while one is in progress returned %v, want a distinct error", err)
 		}
 	}

@@ -1,19 +1,16 @@
 package emulator
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/qkdnet/qkdnet/driver/internal/peerauth"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
-	"github.com/qkdnet/qkdnet/pki"
 )
 
 // Server serves the classical channel of every emulated link for which this
@@ -93,20 +90,8 @@ func (x *exchangeService) Exchange(stream grpc.BidiStreamingServer[qkdv1.Exchang
 	}
 	id, err := peerauth.Authorize(ctx, a.opts.allowInsecure, a.opts.peer)
 	if err != nil {
-		a.logger.Warn("refused a Bob", "peer", peerName(ctx, id), "err", err)
+		a.logger.Warn("refused a Bob", "peer", peerauth.Name(ctx, id), "err", err)
 		return err
 	}
-	return a.serve(stream, peerName(ctx, id))
-}
-
-// peerName names the caller for logs: its identity, or its address when it has
-// none (tests without TLS).
-func peerName(ctx context.Context, id pki.Identity) string {
-	if id.ID != "" {
-		return id.String()
-	}
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return p.Addr.String()
-	}
-	return "unknown"
+	return a.serve(stream, peerauth.Name(ctx, id))
 }

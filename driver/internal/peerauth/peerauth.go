@@ -7,6 +7,7 @@ import (
 	"errors"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/qkdnet/qkdnet/pki"
@@ -39,4 +40,16 @@ func Authorize(ctx context.Context, allowInsecure bool, node string) (pki.Identi
 		return id, status.Errorf(codes.PermissionDenied, "%s is not the peer node of this link", id)
 	}
 	return id, nil
+}
+
+// Name names the caller for logs: its identity, or its address when it has
+// none (tests without TLS).
+func Name(ctx context.Context, id pki.Identity) string {
+	if id.ID != "" {
+		return id.String()
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return "unknown"
 }
