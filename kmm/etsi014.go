@@ -52,19 +52,29 @@ func (k *KMM) observe(method string, start time.Time, err error) {
 	}
 }
 
+// masterStream authenticates the calling (master) SAE and opens its stream
+// to slave, the first step of status and enc_keys. The caller's ID is stored
+// in *master when master is not nil.
+func (k *KMM) masterStream(ctx context.Context, slave string, master *string) (keystore.Stream, Link, error) {
+	caller, err := k.caller(ctx)
+	if err != nil {
+		return keystore.Stream{}, Link{}, err
+	}
+	if slave == caller {
+		return keystore.Stream{}, Link{}, badRequest("slave_SAE_ID", "names the caller itself")
+	}
+	if master != nil {
+		*master = caller
+	}
+	return k.openStream(ctx, caller, slave)
+}
+
 // GetStatus implements ETSI 014 "Get status".
 func (k *KMM) GetStatus(ctx context.Context, req *qkdv1.GetStatusRequest) (_ *qkdv1.Status, err error) {
 	start := time.Now()
 	defer func() { err = k.toStatus(ctx, err); k.observe("status", start, err) }()
-	master, err := k.caller(ctx)
-	if err != nil {
-		return nil, err
-	}
-	slave := req.GetSlaveSaeId()
-	if slave == master {
-		return nil, badRequest("slave_SAE_ID", "names the caller itself")
-	}
-	st, link, err := k.openStream(ctx, master, slave)
+	master, slave := "", req.GetSlaveSaeId()
+	st, link, err := k.masterStream(ctx, slave, &master)
 	if err != nil {
 		return nil, err
 	}
@@ -124,13 +134,8 @@ func (k *KMM) statusExtension(link Link, st keystore.Stream) (*structpb.Struct, 
 func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.KeyContainer, err error) {
 	start := time.Now()
 	defer func() { err = k.toStatus(ctx, err); k.observe("enc_keys", start, err) }()
-	master, err := k.caller(ctx)
-	if err != nil {
+	if _, err := k.caller(ctx); err != nil {
 		return nil, err
-	}
-	slave := req.GetSlaveSaeId()
-	if slave == master {
-		return nil, badRequest("slave_SAE_ID", "names the caller itself")
 	}
 	number := int(req.GetNumber())
 	switch {
@@ -163,7 +168,7 @@ func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.Ke
 		sort.Strings(names)
 		return nil, badRequest("extension_mandatory", "unsupported extension: "+strings.Join(names, ", "))
 	}
-	st, link, err := k.openStream(ctx, master, slave)
+	st, link, err := k.masterStream(ctx, req.GetSlaveSaeId(), nil)
 	if err != nil {
 		return nil, err
 	}
