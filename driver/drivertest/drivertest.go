@@ -175,6 +175,10 @@ func (e *end) start(h hook) *run {
 		call := int(r.calls.Add(1))
 		if h != nil {
 			if err := h(ctx, call, keys); err != nil {
+				// The sink owns keys whatever it returns; zero them, as
+				// the KMM does, so that a driver that hands the same
+				// buffers again shows as a mismatch.
+				driver.ZeroKeys(keys)
 				return err
 			}
 		}

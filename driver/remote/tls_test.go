@@ -1,0 +1,5 @@
+package remote_test
+
+import "crypto/tls"
+
+type tlsCert = tls.Certificate
