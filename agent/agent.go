@@ -102,7 +102,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	emu := emulator.NewServer(a.logger.With("part", "emulator"))
 	emu.Register(gs)
-	remoteSvc := remote.NewService(a.logger.With("part", "driver-service"))
+	remoteSvc := remote.NewService(a.logger.With("part", "driver-service"), remote.WithNode(cfg.Node))
 	remoteSvc.Register(gs)
 	drivers := map[string]driver.Driver{}
 	for _, l := range cfg.Topology.Links {

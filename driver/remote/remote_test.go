@@ -271,6 +271,25 @@ func TestPeerIdentity(t *testing.T) {
 			}
 		})
 	}
+	// WithNode: only the node's own certificate may feed its pools.
+	for _, tt := range []struct {
+		desc string
+		node string
+		want codes.Code
+	}{
+		{"WithNode, this node", "A", codes.OK},
+		{"WithNode, another node", "C", codes.PermissionDenied},
+	} {
+		t.Run(tt.desc, func(t *testing.T) {
+			svc := remote.NewService(testlog.New(t), remote.WithNode("A"))
+			svc.Link("A-B")
+			addr := testrig.ServeTLS(t, ca, testrig.Node("A"), svc.Register)
+			stream := pushStream(t, testrig.DialTLS(t, ca, ca.Issue(t, testrig.Node(tt.node)), addr))
+			if got := hello(t, stream, "A-B"); got != tt.want {
+				t.Fatalf("hello from node %s: %v, want %v", tt.node, got, tt.want)
+			}
+		})
+	}
 	t.Run("no certificate", func(t *testing.T) {
 		svc := remote.NewService(testlog.New(t))
 		svc.Link("A-B")

@@ -58,12 +58,18 @@ type Option func(*options)
 
 type options struct {
 	allowInsecure bool
+	node          string
 }
 
 // AllowInsecurePeer lets the Service accept pushes over connections without a
 // verified client certificate. It is for tests over bufconn or plain TCP; an
 // agent serves over mutual TLS and never sets it.
 func AllowInsecurePeer() Option { return func(o *options) { o.allowInsecure = true } }
+
+// WithNode makes the Service accept pushes only from a connection whose
+// certificate says qkd://node/<node>: a driver process runs on its trusted
+// node with that node's certificate, and no other node may feed its pools.
+func WithNode(node string) Option { return func(o *options) { o.node = node } }
 
 // Service is the agent's side of DriverService.
 type Service struct {
@@ -134,7 +140,7 @@ type pushService struct {
 // the link's Run.
 func (x *pushService) PushKeys(stream grpc.BidiStreamingServer[qkdv1.PushKeysRequest, qkdv1.PushKeysResponse]) error {
 	ctx := stream.Context()
-	id, err := peerauth.Authorize(ctx, x.s.opts.allowInsecure, "")
+	id, err := peerauth.Authorize(ctx, x.s.opts.allowInsecure, x.s.opts.node)
 	if err != nil {
 		x.s.logger.Warn("refused a driver process", "peer", peerauth.Name(ctx, id), "err", err)
 		return err
