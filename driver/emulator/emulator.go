@@ -42,14 +42,13 @@
 package emulator
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"log/slog"
 	"math"
 	"time"
 
 	"github.com/qkdnet/qkdnet/driver"
+	"github.com/qkdnet/qkdnet/driver/internal/lifecycle"
 	"github.com/qkdnet/qkdnet/driver/internal/wire"
 )
 
@@ -141,26 +140,10 @@ func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
 }
 
-func orDiscard(l *slog.Logger) *slog.Logger {
-	if l == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return l
-}
-
-// withCancelOn returns ctx that is also cancelled when ch closes, so that Close
-// reaches a sink that blocks on its ctx.
-func withCancelOn(ctx context.Context, ch <-chan struct{}) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	go func() {
-		select {
-		case <-ch:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
-}
+var (
+	orDiscard    = lifecycle.OrDiscard
+	withCancelOn = lifecycle.WithCancelOn
+)
 
 // newKeys draws n keys of size bytes, and their IDs, from crypto/rand.
 func newKeys(n, size int) []driver.Key {

@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/qkdnet/qkdnet/driver"
+	"github.com/qkdnet/qkdnet/driver/internal/lifecycle"
 	"github.com/qkdnet/qkdnet/driver/internal/peerauth"
 	"github.com/qkdnet/qkdnet/driver/internal/wire"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
@@ -497,23 +498,7 @@ func (l *link) isClosed() bool {
 	return l.closed
 }
 
-func orDiscard(l *slog.Logger) *slog.Logger {
-	if l == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return l
-}
-
-// withCancelOn returns ctx that is also cancelled when ch closes, so that Close
-// reaches a sink that blocks on its ctx.
-func withCancelOn(ctx context.Context, ch <-chan struct{}) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(ctx)
-	go func() {
-		select {
-		case <-ch:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
-}
+var (
+	orDiscard    = lifecycle.OrDiscard
+	withCancelOn = lifecycle.WithCancelOn
+)
