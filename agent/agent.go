@@ -225,7 +225,8 @@ func (a *Agent) runDriver(ctx context.Context, link string, d driver.Driver, sin
 }
 
 func (a *Agent) newDriver(l Link, emu *emulator.Server, remoteSvc *remote.Service, peers *peerConns) (driver.Driver, error) {
-	log := a.logger.With("link", l.ID)
+	// The drivers tag their own lines with the link ID.
+	log := a.logger
 	switch l.Driver.Kind {
 	case "emulator":
 		ecfg := emulator.Config{KeyRate: l.Driver.KeyRate, KeyBytes: l.Driver.KeyBytes}
