@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/qkdnet/qkdnet/driver"
+	"github.com/qkdnet/qkdnet/driver/internal/lifecycle"
 	"github.com/qkdnet/qkdnet/driver/internal/wire"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
@@ -22,10 +23,7 @@ import (
 // hello, so that Bob knows the link is up before the first batch.
 const acceptedHeader = "qkd-emulated-link"
 
-var (
-	errReplaced = errors.New("replaced by a newer connection for this link")
-	errConnDone = errors.New("connection to Bob ended")
-)
+var errConnDone = errors.New("connection to Bob ended")
 
 // Alice is the generating end of an emulated link. She implements
 // driver.Driver; Register puts her classical channel on a gRPC server.
@@ -154,7 +152,7 @@ func (a *Alice) awaitCredit(ctx context.Context, c *bobConn, bk *bucket) (int, e
 		}
 		select {
 		case <-a.opts.clock.After(wait):
-		case <-c.done:
+		case <-c.Done():
 			return 0, errConnDone
 		case <-ctx.Done():
 			return 0, ctx.Err()
@@ -171,7 +169,7 @@ func (a *Alice) exchange(ctx context.Context, c *bobConn, p *batch) error {
 		select {
 		case c.sendq <- m:
 			p.sentOn = c
-		case <-c.done:
+		case <-c.Done():
 			wire.ZeroProto(m.Keys)
 			return errConnDone
 		case <-ctx.Done():
@@ -187,7 +185,7 @@ func (a *Alice) exchange(ctx context.Context, c *bobConn, p *batch) error {
 				return nil
 			}
 			a.logger.Warn("ignoring an acknowledgement of a batch that is not outstanding", "ack", n, "batch", p.num)
-		case <-c.done:
+		case <-c.Done():
 			return errConnDone
 		case <-ctx.Done():
 			return ctx.Err()
@@ -218,7 +216,7 @@ func (a *Alice) waitConn(ctx context.Context) (*bobConn, error) {
 		a.mu.Lock()
 		c, ch := a.conn, a.connCh
 		a.mu.Unlock()
-		if c != nil && !c.isDone() {
+		if c != nil && !c.IsDone() {
 			return c, nil
 		}
 		select {
@@ -256,7 +254,7 @@ func (a *Alice) Close() error {
 	}
 	a.mu.Unlock()
 	if c != nil {
-		c.finish(driver.ErrClosed)
+		c.Finish(driver.ErrClosed)
 	}
 	return nil
 }
@@ -308,60 +306,25 @@ type bobConn struct {
 	peer  string
 	sendq chan *qkdv1.ExchangeResponse
 	acks  chan uint64
-	done  chan struct{}
-	once  sync.Once
-	err   error // why the connection ended; set before done is closed
-}
-
-func (c *bobConn) finish(err error) {
-	c.once.Do(func() {
-		c.err = err
-		close(c.done)
-	})
-}
-
-func (c *bobConn) isDone() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// status is the gRPC status the handler ends the stream with.
-func (c *bobConn) status() error {
-	err := c.err
-	switch {
-	case errors.Is(err, errReplaced):
-		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, driver.ErrClosed):
-		return status.Error(codes.Unavailable, "emulated link closed")
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err).Err()
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Unavailable, err.Error())
+	*lifecycle.Ending
 }
 
 // serve runs one Exchange stream after the hello was accepted.
 func (a *Alice) serve(stream grpc.BidiStreamingServer[qkdv1.ExchangeRequest, qkdv1.ExchangeResponse], peer string) error {
 	ctx := stream.Context()
 	c := &bobConn{
-		peer:  peer,
-		sendq: make(chan *qkdv1.ExchangeResponse),
-		acks:  make(chan uint64, 1),
-		done:  make(chan struct{}),
+		peer:   peer,
+		sendq:  make(chan *qkdv1.ExchangeResponse),
+		acks:   make(chan uint64, 1),
+		Ending: lifecycle.NewEnding(),
 	}
 	if err := a.attach(c); err != nil {
 		return err
 	}
 	defer a.detach(c)
 	if err := stream.SendHeader(metadata.Pairs(acceptedHeader, a.linkID)); err != nil {
-		c.finish(err)
-		return c.status()
+		c.Finish(err)
+		return c.Status("emulated link closed")
 	}
 	// The receiver may outlive this handler: it then returns once gRPC ends
 	// the stream, which it does when the handler returns.
@@ -374,12 +337,12 @@ func (a *Alice) serve(stream grpc.BidiStreamingServer[qkdv1.ExchangeRequest, qkd
 			// behind in memory longer than needed.
 			wire.ZeroProto(m.Keys)
 			if err != nil {
-				c.finish(fmt.Errorf("send: %w", err))
+				c.Finish(fmt.Errorf("send: %w", err))
 			}
-		case <-c.done:
-			return c.status()
+		case <-c.Done():
+			return c.Status("emulated link closed")
 		case <-ctx.Done():
-			c.finish(ctx.Err())
+			c.Finish(ctx.Err())
 		}
 	}
 }
@@ -389,11 +352,11 @@ func (a *Alice) receive(stream grpc.BidiStreamingServer[qkdv1.ExchangeRequest, q
 	for {
 		req, err := stream.Recv()
 		if err != nil {
-			c.finish(fmt.Errorf("receive: %w", err))
+			c.Finish(fmt.Errorf("receive: %w", err))
 			return
 		}
 		if id := req.GetLinkId(); id != "" && id != a.linkID {
-			c.finish(status.Errorf(codes.InvalidArgument, "link_id %q in the middle of link %q", id, a.linkID))
+			c.Finish(status.Errorf(codes.InvalidArgument, "link_id %q in the middle of link %q", id, a.linkID))
 			return
 		}
 		if req.GetAck() == 0 {
@@ -401,7 +364,7 @@ func (a *Alice) receive(stream grpc.BidiStreamingServer[qkdv1.ExchangeRequest, q
 		}
 		select {
 		case c.acks <- req.GetAck():
-		case <-c.done:
+		case <-c.Done():
 			return
 		}
 	}
@@ -419,7 +382,7 @@ func (a *Alice) attach(c *bobConn) error {
 	a.mu.Unlock()
 	if old != nil {
 		a.logger.Warn("Bob connected again; replacing the previous connection", "peer", c.peer, "previous_peer", old.peer)
-		old.finish(errReplaced)
+		old.Finish(lifecycle.ErrReplaced)
 	}
 	a.logger.Info("Bob connected", "peer", c.peer)
 	return nil
@@ -432,5 +395,5 @@ func (a *Alice) detach(c *bobConn) {
 		a.signalLocked()
 	}
 	a.mu.Unlock()
-	a.logger.Info("Bob disconnected", "peer", c.peer, "reason", c.err)
+	a.logger.Info("Bob disconnected", "peer", c.peer, "reason", c.Err())
 }

@@ -52,8 +52,6 @@ import (
 // driver.
 const acceptedHeader = "qkd-driver-link"
 
-var errReplaced = errors.New("replaced by a newer stream for this link")
-
 // Option tunes a Service.
 type Option func(*options)
 
@@ -196,47 +194,13 @@ type offer struct {
 // pusher is one PushKeys stream.
 type pusher struct {
 	peer string
-	done chan struct{}
-	once sync.Once
-	err  error // why the stream ended; set before done is closed
-}
-
-func (p *pusher) finish(err error) {
-	p.once.Do(func() {
-		p.err = err
-		close(p.done)
-	})
-}
-
-func (p *pusher) isDone() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *pusher) status() error {
-	err := p.err
-	switch {
-	case errors.Is(err, errReplaced):
-		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, driver.ErrClosed):
-		return status.Error(codes.Unavailable, "link closed")
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err).Err()
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Unavailable, err.Error())
+	*lifecycle.Ending
 }
 
 // serve runs one PushKeys stream whose first message was first.
 func (l *link) serve(stream grpc.BidiStreamingServer[qkdv1.PushKeysRequest, qkdv1.PushKeysResponse], first *qkdv1.PushKeysRequest, peer string) error {
 	ctx := stream.Context()
-	p := &pusher{peer: peer, done: make(chan struct{})}
+	p := &pusher{peer: peer, Ending: lifecycle.NewEnding()}
 	if err := l.attach(p); err != nil {
 		wire.ZeroProto(first.GetKeys())
 		return err
@@ -244,8 +208,8 @@ func (l *link) serve(stream grpc.BidiStreamingServer[qkdv1.PushKeysRequest, qkdv
 	defer l.detach(p)
 	if err := stream.SendHeader(metadata.Pairs(acceptedHeader, l.id)); err != nil {
 		wire.ZeroProto(first.GetKeys())
-		p.finish(err)
-		return p.status()
+		p.Finish(err)
+		return p.Status("link closed")
 	}
 	// The receiver lets the handler end (on replacement or Close) while the
 	// driver process sends nothing; it returns once gRPC ends the stream.
@@ -254,12 +218,12 @@ func (l *link) serve(stream grpc.BidiStreamingServer[qkdv1.PushKeysRequest, qkdv
 		for {
 			req, err := stream.Recv()
 			if err != nil {
-				p.finish(fmt.Errorf("receive: %w", err))
+				p.Finish(fmt.Errorf("receive: %w", err))
 				return
 			}
 			select {
 			case reqs <- req:
-			case <-p.done:
+			case <-p.Done():
 				wire.ZeroProto(req.GetKeys())
 				return
 			}
@@ -269,19 +233,19 @@ func (l *link) serve(stream grpc.BidiStreamingServer[qkdv1.PushKeysRequest, qkdv
 	// The first message may carry the first batch as well as the link ID.
 	if first.GetBatch() != 0 || len(first.GetKeys()) > 0 {
 		if err := l.handle(stream, p, first, &next); err != nil {
-			p.finish(err)
+			p.Finish(err)
 		}
 	}
 	for {
 		select {
 		case req := <-reqs:
 			if err := l.handle(stream, p, req, &next); err != nil {
-				p.finish(err)
+				p.Finish(err)
 			}
-		case <-p.done:
-			return p.status()
+		case <-p.Done():
+			return p.Status("link closed")
 		case <-ctx.Done():
-			p.finish(ctx.Err())
+			p.Finish(ctx.Err())
 		}
 	}
 }
@@ -306,17 +270,17 @@ func (l *link) handle(stream grpc.BidiStreamingServer[qkdv1.PushKeysRequest, qkd
 		o := &offer{p: p, batch: req.GetBatch(), keys: keys, stored: make(chan struct{})}
 		select {
 		case l.offers <- o:
-		case <-p.done:
+		case <-p.Done():
 			driver.ZeroKeys(keys)
-			return p.err
+			return p.Err()
 		case <-ctx.Done():
 			driver.ZeroKeys(keys)
 			return ctx.Err()
 		}
 		select {
 		case <-o.stored:
-		case <-p.done:
-			return p.err
+		case <-p.Done():
+			return p.Err()
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -359,7 +323,7 @@ func (l *link) run(ctx context.Context, sink driver.Sink) error {
 				return ctx.Err()
 			}
 		}
-		if o.p.isDone() {
+		if o.p.IsDone() {
 			// Its stream is gone unacknowledged, so the driver process
 			// sends the batch again on its next stream.
 			driver.ZeroKeys(o.keys)
@@ -432,7 +396,7 @@ func (l *link) Close() error {
 	}
 	l.mu.Unlock()
 	if p != nil {
-		p.finish(driver.ErrClosed)
+		p.Finish(driver.ErrClosed)
 	}
 	return nil
 }
@@ -448,7 +412,7 @@ func (l *link) attach(p *pusher) error {
 	l.mu.Unlock()
 	if old != nil {
 		l.logger.Warn("a new stream for the link replaces the previous one", "peer", p.peer, "previous_peer", old.peer)
-		old.finish(errReplaced)
+		old.Finish(lifecycle.ErrReplaced)
 	}
 	l.logger.Info("driver process connected", "peer", p.peer)
 	return nil
@@ -460,7 +424,7 @@ func (l *link) detach(p *pusher) {
 		l.pusher = nil
 	}
 	l.mu.Unlock()
-	l.logger.Info("driver process disconnected", "peer", p.peer, "reason", p.err)
+	l.logger.Info("driver process disconnected", "peer", p.peer, "reason", p.Err())
 }
 
 func (l *link) begin() error {
