@@ -52,29 +52,25 @@ func (k *KMM) observe(method string, start time.Time, err error) {
 	}
 }
 
-// masterStream authenticates the calling (master) SAE and opens its stream
-// to slave, the first step of status and enc_keys. The caller's ID is stored
-// in *master when master is not nil.
-func (k *KMM) masterStream(ctx context.Context, slave string, master *string) (keystore.Stream, Link, error) {
-	caller, err := k.caller(ctx)
-	if err != nil {
-		return keystore.Stream{}, Link{}, err
-	}
-	if slave == caller {
+// masterStream opens the stream from the (authenticated) master SAE to
+// slave, the step status and enc_keys share.
+func (k *KMM) masterStream(ctx context.Context, master, slave string) (keystore.Stream, Link, error) {
+	if slave == master {
 		return keystore.Stream{}, Link{}, badRequest("slave_SAE_ID", "names the caller itself")
 	}
-	if master != nil {
-		*master = caller
-	}
-	return k.openStream(ctx, caller, slave)
+	return k.openStream(ctx, master, slave)
 }
 
 // GetStatus implements ETSI 014 "Get status".
 func (k *KMM) GetStatus(ctx context.Context, req *qkdv1.GetStatusRequest) (_ *qkdv1.Status, err error) {
 	start := time.Now()
 	defer func() { err = k.toStatus(ctx, err); k.observe("status", start, err) }()
-	master, slave := "", req.GetSlaveSaeId()
-	st, link, err := k.masterStream(ctx, slave, &master)
+	master, err := k.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slave := req.GetSlaveSaeId()
+	st, link, err := k.masterStream(ctx, master, slave)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +130,8 @@ func (k *KMM) statusExtension(link Link, st keystore.Stream) (*structpb.Struct, 
 func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.KeyContainer, err error) {
 	start := time.Now()
 	defer func() { err = k.toStatus(ctx, err); k.observe("enc_keys", start, err) }()
-	if _, err := k.caller(ctx); err != nil {
+	master, err := k.caller(ctx)
+	if err != nil {
 		return nil, err
 	}
 	number := int(req.GetNumber())
@@ -168,7 +165,7 @@ func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.Ke
 		sort.Strings(names)
 		return nil, badRequest("extension_mandatory", "unsupported extension: "+strings.Join(names, ", "))
 	}
-	st, link, err := k.masterStream(ctx, req.GetSlaveSaeId(), nil)
+	st, link, err := k.masterStream(ctx, master, req.GetSlaveSaeId())
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@
 package stats
 
 import (
-	"sort"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,11 +124,4 @@ func (s *Stats) For(link, stream string) Snapshot {
 		}
 	}
 	return snap
-}
-
-// Links sorts and returns link IDs; a helper for callers building the links func.
-func Links(ids ...string) []string {
-	out := append([]string(nil), ids...)
-	sort.Strings(out)
-	return out
 }
