@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -269,16 +269,11 @@ func container(keys []keystore.Served) *qkdv1.KeyContainer {
 	return out
 }
 
+// httpCode is the HTTP status the REST gateway answers for err, from the
+// gateway's own table, so the request metrics count what SAEs see.
 func httpCode(err error) int {
 	if err == nil {
 		return http.StatusOK
 	}
-	switch status.Code(err) {
-	case codes.InvalidArgument:
-		return http.StatusBadRequest
-	case codes.Unauthenticated:
-		return http.StatusUnauthorized
-	default:
-		return http.StatusServiceUnavailable
-	}
+	return runtime.HTTPStatusFromCode(status.Code(err))
 }
