@@ -16,9 +16,19 @@ type Kind string
 
 // The kinds of identity a certificate can carry.
 const (
-	KindNode Kind = "node" // a trusted node (agent, KMM)
-	KindSAE  Kind = "sae"  // a secure application entity
+	KindNode       Kind = "node"       // a trusted node (agent, KMM)
+	KindSAE        Kind = "sae"        // a secure application entity
+	KindController Kind = "controller" // a replica of the QKD SDN controller
+	KindOperator   Kind = "operator"   // a person or tool operating the network
 )
+
+func (k Kind) known() bool {
+	switch k {
+	case KindNode, KindSAE, KindController, KindOperator:
+		return true
+	}
+	return false
+}
 
 // Identity is who a peer is, as its certificate says.
 type Identity struct {
@@ -29,7 +39,8 @@ type Identity struct {
 func (i Identity) String() string { return string(i.Kind) + ":" + i.ID }
 
 // URI is the URI SAN that names an identity in a certificate:
-// qkd://node/<node ID> or qkd://sae/<SAE_ID>.
+// qkd://node/<node ID>, qkd://sae/<SAE_ID>, qkd://controller/<replica ID>
+// or qkd://operator/<name>.
 func (i Identity) URI() *url.URL {
 	return &url.URL{Scheme: "qkd", Host: string(i.Kind), Path: "/" + i.ID}
 }
@@ -47,7 +58,7 @@ func Identify(cert *x509.Certificate) (Identity, error) {
 		}
 		id := strings.TrimPrefix(u.Path, "/")
 		k := Kind(u.Host)
-		if (k != KindNode && k != KindSAE) || id == "" || strings.Contains(id, "/") {
+		if !k.known() || id == "" || strings.Contains(id, "/") {
 			return Identity{}, fmt.Errorf("certificate has a malformed identity URI %q", u.String())
 		}
 		found = append(found, Identity{Kind: k, ID: id})

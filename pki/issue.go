@@ -182,14 +182,20 @@ func (ca *CA) IssueNode(id string, ips ...net.IP) (Files, error) {
 	if err := ValidID(id); err != nil {
 		return Files{}, fmt.Errorf("pki: node %w", err)
 	}
+	return ca.issueServer(NodeFiles(ca.Dir, id), Identity{Kind: KindNode, ID: id}, ips)
+}
+
+// issueServer issues a certificate that is both a TLS server and a TLS
+// client certificate, valid for localhost, the loopback addresses and ips.
+func (ca *CA) issueServer(f Files, id Identity, ips []net.IP) (Files, error) {
 	all := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	for _, ip := range ips {
 		if !slices.ContainsFunc(all, ip.Equal) {
 			all = append(all, ip)
 		}
 	}
-	return ca.issue(NodeFiles(ca.Dir, id), leafSpec{
-		id:    Identity{Kind: KindNode, ID: id},
+	return ca.issue(f, leafSpec{
+		id:    id,
 		dns:   []string{"localhost"},
 		ips:   all,
 		usage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
@@ -205,6 +211,42 @@ func (ca *CA) IssueSAE(id string) (Files, error) {
 	}
 	return ca.issue(SAEFiles(ca.Dir, id), leafSpec{
 		id:    Identity{Kind: KindSAE, ID: id},
+		usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// ControllerFiles are the files of controller replica id in dir:
+// controller_<lower id>.pem and controller_<lower id>-key.pem.
+func ControllerFiles(dir, id string) Files {
+	return leafFiles(dir, "controller_", id)
+}
+
+// OperatorFiles are the files of operator id in dir: operator_<lower id>.pem
+// and operator_<lower id>-key.pem.
+func OperatorFiles(dir, id string) Files {
+	return leafFiles(dir, "operator_", id)
+}
+
+// IssueController returns controller replica id's certificate files, issuing
+// them if needed (see IssueNode). The certificate carries the URI SAN
+// qkd://controller/<id> and serves as TLS server and client certificate:
+// replicas dial each other for Raft, and agents and operators dial them.
+func (ca *CA) IssueController(id string, ips ...net.IP) (Files, error) {
+	if err := ValidID(id); err != nil {
+		return Files{}, fmt.Errorf("pki: controller %w", err)
+	}
+	return ca.issueServer(ControllerFiles(ca.Dir, id), Identity{Kind: KindController, ID: id}, ips)
+}
+
+// IssueOperator returns operator id's certificate files, issuing them if
+// needed. The certificate carries the URI SAN qkd://operator/<id> and is a
+// TLS client certificate only: it may manage the network, never fetch keys.
+func (ca *CA) IssueOperator(id string) (Files, error) {
+	if err := ValidID(id); err != nil {
+		return Files{}, fmt.Errorf("pki: operator %w", err)
+	}
+	return ca.issue(OperatorFiles(ca.Dir, id), leafSpec{
+		id:    Identity{Kind: KindOperator, ID: id},
 		usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 }

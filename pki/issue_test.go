@@ -32,6 +32,14 @@ func TestIdentityRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cf, err := ca.IssueController("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	of, err := ca.IssueOperator("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		f     Files
 		want  Identity
@@ -40,6 +48,9 @@ func TestIdentityRoundTrip(t *testing.T) {
 		{nf, Identity{KindNode, "A"}, x509.ExtKeyUsageServerAuth},
 		{nf, Identity{KindNode, "A"}, x509.ExtKeyUsageClientAuth},
 		{sf, Identity{KindSAE, "SAE_A"}, x509.ExtKeyUsageClientAuth},
+		{cf, Identity{KindController, "c1"}, x509.ExtKeyUsageServerAuth},
+		{cf, Identity{KindController, "c1"}, x509.ExtKeyUsageClientAuth},
+		{of, Identity{KindOperator, "alice"}, x509.ExtKeyUsageClientAuth},
 	} {
 		c, err := ReadCertificate(tc.f.Cert)
 		if err != nil {
@@ -68,6 +79,14 @@ func TestIdentityRoundTrip(t *testing.T) {
 	pool.AddCert(ca.Cert)
 	if _, err := sc.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
 		t.Error("SAE certificate verifies as a server certificate")
+	}
+	// Nor an operator certificate.
+	oc, _ := ReadCertificate(of.Cert)
+	if _, err := oc.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("operator certificate verifies as a server certificate")
+	}
+	if got := filepath.Base(cf.Cert); got != "controller_c1.pem" {
+		t.Errorf("controller cert file = %s, want controller_c1.pem", got)
 	}
 	if got := filepath.Base(sf.Cert); got != "sae_a.pem" {
 		t.Errorf("SAE cert file = %s, want sae_a.pem", got)
