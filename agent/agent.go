@@ -23,7 +23,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/qkdnet/qkdnet/agent/gateway"
-	"github.com/qkdnet/qkdnet/driver"
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/driver/emulator"
 	"github.com/qkdnet/qkdnet/driver/remote"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
@@ -76,19 +76,42 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer store.Close()
 
-	topo := newStaticTopology(cfg)
-	peers := newPeerConns(cfg, clientTLS)
+	// The KMM's view of the network: pushed by the controller, or (without
+	// one) read from the configuration.
+	var (
+		topo  kmm.Topology
+		ctl   *controlled
+		addrs func(node string) (string, bool)
+		opts  []kmm.Option
+	)
+	if len(cfg.Controllers) > 0 {
+		ctl = newControlled(cfg.Node)
+		topo, addrs = ctl, ctl.addr
+		opts = append(opts, kmm.WithApps(ctl))
+	} else {
+		st := newStaticTopology(cfg)
+		topo, addrs = st, st.addr
+	}
+	peers := newPeerConns(addrs, clientTLS)
 	defer peers.Close()
 
-	var linkIDs []string
-	for _, l := range cfg.Topology.Links {
-		linkIDs = append(linkIDs, l.ID)
-	}
-	st := stats.New(cfg.Node, store, func() []string { return linkIDs })
+	st := stats.New(cfg.Node, store, func() []string {
+		var ids []string
+		if ctl != nil {
+			for id := range ctl.view().links {
+				ids = append(ids, id)
+			}
+			return ids
+		}
+		for _, l := range cfg.Topology.Links {
+			ids = append(ids, l.ID)
+		}
+		return ids
+	})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(st, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	k, err := kmm.New(kmmSettings(cfg), store, topo, peers, st, a.logger.With("part", "kmm"))
+	k, err := kmm.New(kmmSettings(cfg), store, topo, peers, st, a.logger.With("part", "kmm"), opts...)
 	if err != nil {
 		return err
 	}
@@ -104,14 +127,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	emu.Register(gs)
 	remoteSvc := remote.NewService(a.logger.With("part", "driver-service"), remote.WithNode(cfg.Node))
 	remoteSvc.Register(gs)
-	drivers := map[string]driver.Driver{}
-	for _, l := range cfg.Topology.Links {
-		d, err := a.newDriver(l, emu, remoteSvc, peers)
-		if err != nil {
-			return err
-		}
-		drivers[l.ID] = d
-	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	drivers := newDriverSet(ctx, cfg, k, emu, remoteSvc, peers, a.logger)
+	defer drivers.closeAll()
 
 	gw, err := gateway.New(k, a.logger.With("part", "gateway"))
 	if err != nil {
@@ -145,8 +165,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	serve := func(name string, f func() error) {
@@ -168,14 +186,28 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(kmmDone)
 		k.Run(ctx)
 	}()
-	for id, d := range drivers {
+	if ctl != nil {
+		cl, err := ctlclient.New(cfg.Controllers, clientTLS)
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		sb := &southbound{cfg: cfg, client: cl, ctl: ctl, kmm: k, store: store, drivers: drivers, logger: a.logger.With("part", "southbound")}
+		ctl.open = sb.openApp
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.runDriver(ctx, id, d, k.Sink(id))
+			sb.run(ctx)
 		}()
+	} else {
+		for _, l := range cfg.Topology.Links {
+			if err := drivers.start(l); err != nil {
+				cancel()
+				return err
+			}
+		}
 	}
-	a.logger.InfoContext(ctx, "agent ready", "kme_id", cfg.KMEID, "rest", "https://"+cfg.RESTAddr, "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "links", len(drivers))
+	a.logger.InfoContext(ctx, "agent ready", "kme_id", cfg.KMEID, "rest", "https://"+cfg.RESTAddr, "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "links", len(cfg.Topology.Links), "controllers", cfg.Controllers)
 
 	var runErr error
 	select {
@@ -185,9 +217,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.logger.Info("agent shutting down")
 	cancel()
-	for _, d := range drivers {
-		d.Close()
-	}
+	drivers.closeAll()
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
 	restSrv.Shutdown(sctx)
@@ -203,52 +233,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-kmmDone
 	a.logger.Info("agent stopped")
 	return runErr
-}
-
-// runDriver keeps a link's driver running, restarting it with backoff after
-// a failure, until ctx is done.
-func (a *Agent) runDriver(ctx context.Context, link string, d driver.Driver, sink driver.Sink) {
-	backoff := 100 * time.Millisecond
-	for {
-		err := d.Run(ctx, sink)
-		if ctx.Err() != nil || errors.Is(err, driver.ErrClosed) {
-			return
-		}
-		a.logger.WarnContext(ctx, "QKD driver stopped; restarting", "link", link, "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-func (a *Agent) newDriver(l Link, emu *emulator.Server, remoteSvc *remote.Service, peers *peerConns) (driver.Driver, error) {
-	// The drivers tag their own lines with the link ID.
-	log := a.logger
-	switch l.Driver.Kind {
-	case "emulator":
-		ecfg := emulator.Config{KeyRate: l.Driver.KeyRate, KeyBytes: l.Driver.KeyBytes}
-		if l.Driver.End == "alice" {
-			// Only the node at the other end may take the link's keys.
-			al := emulator.NewAlice(l.ID, ecfg, log, emulator.WithPeer(l.Peer))
-			if err := emu.Add(al); err != nil {
-				return nil, err
-			}
-			return al, nil
-		}
-		conn, err := peers.conn(l.Peer)
-		if err != nil {
-			return nil, err
-		}
-		return emulator.NewBob(l.ID, conn, log), nil
-	case "remote":
-		// A driver process on this node pushes the link's keys over
-		// DriverService with a node certificate.
-		return remoteSvc.Link(l.ID), nil
-	}
-	return nil, fmt.Errorf("link %s: unknown driver kind %q", l.ID, l.Driver.Kind)
 }
 
 func kmmSettings(cfg Config) kmm.Settings {
@@ -275,15 +259,17 @@ type staticTopology struct {
 	kmes   map[string]string
 	byPeer map[string]kmm.Link
 	byID   map[string]kmm.Link
+	addrs  map[string]string
 }
 
 func newStaticTopology(cfg Config) *staticTopology {
-	t := &staticTopology{node: cfg.Node, saes: map[string]string{}, kmes: map[string]string{}, byPeer: map[string]kmm.Link{}, byID: map[string]kmm.Link{}}
+	t := &staticTopology{node: cfg.Node, saes: map[string]string{}, kmes: map[string]string{}, byPeer: map[string]kmm.Link{}, byID: map[string]kmm.Link{}, addrs: map[string]string{}}
 	for _, s := range cfg.Topology.SAEs {
 		t.saes[s.ID] = s.Node
 	}
 	for _, n := range cfg.Topology.Nodes {
 		t.kmes[n.ID] = n.KMEID
+		t.addrs[n.ID] = n.GRPCAddr
 	}
 	for _, l := range cfg.Topology.Links {
 		kb := l.Driver.KeyBytes
@@ -306,23 +292,20 @@ func (t *staticTopology) LinkTo(node string) (kmm.Link, bool) {
 }
 func (t *staticTopology) LinkByID(id string) (kmm.Link, bool) { l, ok := t.byID[id]; return l, ok }
 func (t *staticTopology) KMEID(node string) (string, bool)    { k, ok := t.kmes[node]; return k, ok }
+func (t *staticTopology) addr(node string) (string, bool)     { a, ok := t.addrs[node]; return a, ok }
 
 // peerConns dials the gRPC port of other nodes with this node's certificate
 // and checks that the server's certificate names the node it should.
 type peerConns struct {
-	addrs map[string]string
+	addrs func(node string) (string, bool)
 	tls   *tls.Config
 
 	mu    sync.Mutex // guards conns
 	conns map[string]*grpc.ClientConn
 }
 
-func newPeerConns(cfg Config, base *tls.Config) *peerConns {
-	p := &peerConns{addrs: map[string]string{}, tls: base, conns: map[string]*grpc.ClientConn{}}
-	for _, n := range cfg.Topology.Nodes {
-		p.addrs[n.ID] = n.GRPCAddr
-	}
-	return p
+func newPeerConns(addrs func(node string) (string, bool), base *tls.Config) *peerConns {
+	return &peerConns{addrs: addrs, tls: base, conns: map[string]*grpc.ClientConn{}}
 }
 
 func (p *peerConns) conn(node string) (*grpc.ClientConn, error) {
@@ -331,7 +314,7 @@ func (p *peerConns) conn(node string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[node]; ok {
 		return c, nil
 	}
-	addr, ok := p.addrs[node]
+	addr, ok := p.addrs(node)
 	if !ok || addr == "" {
 		return nil, fmt.Errorf("no gRPC address for node %q", node)
 	}

@@ -24,7 +24,12 @@ type Config struct {
 	// GRPCAddr serves gRPC with mutual TLS: KMM peers, drivers, 014 over gRPC.
 	GRPCAddr string `json:"grpc_addr"`
 	// MetricsAddr serves Prometheus metrics over plain HTTP (no key material).
-	MetricsAddr string      `json:"metrics_addr"`
+	MetricsAddr string `json:"metrics_addr"`
+	// Controllers are the gRPC addresses of the controller replicas. With
+	// them, the agent registers with the controller and runs what it pushes
+	// (links, roles, SAEs, key streams); topology.links then only declare
+	// this node's QKD modules (drivers) by link ID, and roles are ignored.
+	Controllers []string    `json:"controllers,omitempty"`
 	TLS         TLSFiles    `json:"tls"`
 	KMM         KMMSettings `json:"kmm"`
 	Topology    Topology    `json:"topology"`
@@ -156,6 +161,9 @@ func (c *Config) Validate() error {
 	case c.TLS.CA == "" || c.TLS.Cert == "" || c.TLS.Key == "":
 		return errors.New("tls.ca, tls.cert and tls.key are required")
 	}
+	if len(c.Controllers) > 0 {
+		return c.validateDrivers()
+	}
 	nodes := map[string]bool{}
 	for _, n := range c.Topology.Nodes {
 		nodes[n.ID] = true
@@ -170,6 +178,25 @@ func (c *Config) Validate() error {
 		if l.Role != "master" && l.Role != "slave" {
 			return fmt.Errorf("link %q: role %q must be master or slave", l.ID, l.Role)
 		}
+	}
+	for _, s := range c.Topology.SAEs {
+		if !nodes[s.Node] {
+			return fmt.Errorf("sae %q: node %q is not in topology.nodes", s.ID, s.Node)
+		}
+	}
+	return c.validateDrivers()
+}
+
+func (c *Config) validateDrivers() error {
+	seen := map[string]bool{}
+	for _, l := range c.Topology.Links {
+		if l.ID == "" {
+			return errors.New("a link in topology.links has no id")
+		}
+		if seen[l.ID] {
+			return fmt.Errorf("link %q is listed twice", l.ID)
+		}
+		seen[l.ID] = true
 		switch l.Driver.Kind {
 		case "emulator":
 			if l.Driver.End != "alice" && l.Driver.End != "bob" {
@@ -178,11 +205,6 @@ func (c *Config) Validate() error {
 		case "remote":
 		default:
 			return fmt.Errorf("link %q: driver.kind %q must be emulator or remote", l.ID, l.Driver.Kind)
-		}
-	}
-	for _, s := range c.Topology.SAEs {
-		if !nodes[s.Node] {
-			return fmt.Errorf("sae %q: node %q is not in topology.nodes", s.ID, s.Node)
 		}
 	}
 	return nil

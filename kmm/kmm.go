@@ -53,6 +53,25 @@ type Topology interface {
 	KMEID(node string) (string, bool)
 }
 
+// Apps is where key streams come from when a controller runs the network
+// (paper steps 3-6): the KMM asks it for the application joining a master
+// SAE to a slave SAE, and the controller pushes it to both KMMs.
+type Apps interface {
+	// Open returns once this node's configuration holds the application
+	// from master to slave, asking the controller to create it if needed.
+	// An SAE the controller does not know is reported as ErrUnknownSAE.
+	Open(ctx context.Context, master, slave string) error
+}
+
+// ErrUnknownSAE means no node serves the SAE.
+var ErrUnknownSAE = errors.New("unknown SAE")
+
+// Option configures a KMM.
+type Option func(*KMM)
+
+// WithApps makes the KMM ask apps for every new key stream.
+func WithApps(apps Apps) Option { return func(k *KMM) { k.apps = apps } }
+
 // Peers reaches the KMM of another node.
 type Peers interface {
 	KeySync(node string) (qkdv1.KeySyncServiceClient, error)
@@ -135,6 +154,7 @@ type KMM struct {
 	store  *keystore.Store
 	topo   Topology
 	peers  Peers
+	apps   Apps
 	alloc  *allocator.Allocator
 	stats  *stats.Stats
 	logger *slog.Logger
@@ -144,12 +164,15 @@ type KMM struct {
 }
 
 // New builds a KMM around an open store.
-func New(set Settings, store *keystore.Store, topo Topology, peers Peers, st *stats.Stats, logger *slog.Logger) (*KMM, error) {
+func New(set Settings, store *keystore.Store, topo Topology, peers Peers, st *stats.Stats, logger *slog.Logger, opts ...Option) (*KMM, error) {
 	set.defaults()
 	if err := set.Validate(); err != nil {
 		return nil, err
 	}
 	k := &KMM{set: set, store: store, topo: topo, peers: peers, stats: st, logger: logger, announced: map[string]bool{}}
+	for _, o := range opts {
+		o(k)
+	}
 	syncer := keysync.NewClient(func(link string) (qkdv1.KeySyncServiceClient, error) {
 		l, ok := topo.LinkByID(link)
 		if !ok {
@@ -232,6 +255,17 @@ func StreamID(master, slave string) string { return master + "->" + slave }
 // openStream finds or creates the stream from master to slave and makes sure
 // the link's Master KMM knows it.
 func (k *KMM) openStream(ctx context.Context, master, slave string) (keystore.Stream, Link, error) {
+	if k.apps != nil {
+		if err := k.apps.Open(ctx, master, slave); err != nil {
+			if errors.Is(err, ErrUnknownSAE) {
+				return keystore.Stream{}, Link{}, badRequest("slave_SAE_ID", err.Error())
+			}
+			if ctx.Err() != nil {
+				return keystore.Stream{}, Link{}, ctx.Err()
+			}
+			return keystore.Stream{}, Link{}, unavailable(fmt.Sprintf("the controller did not open the key stream %s -> %s: %v", master, slave, err))
+		}
+	}
 	node, ok := k.topo.SAENode(slave)
 	if !ok {
 		return keystore.Stream{}, Link{}, badRequest("slave_SAE_ID", fmt.Sprintf("unknown SAE %q", slave))
@@ -276,6 +310,26 @@ func (k *KMM) openStream(ctx context.Context, master, slave string) (keystore.St
 	k.mu.Unlock()
 	return st, link, nil
 }
+
+// EnsureStream creates a key stream the controller configured, if this KMM
+// does not hold it yet (or holds it on another link), so that the link's
+// Master starts allocating to it before any SAE asks.
+func (k *KMM) EnsureStream(st keystore.Stream) error {
+	if st.QoS == (keystore.QoS{}) {
+		st.QoS = k.set.DefaultQoS
+	}
+	if have, ok := k.store.Stream(st.ID); ok && have.Link == st.Link && have.QoS == st.QoS {
+		return nil
+	}
+	if _, err := k.store.PutStream(st); err != nil {
+		return err
+	}
+	k.alloc.Wake()
+	return nil
+}
+
+// DefaultQoS is the QoS of a stream whose application asks for nothing.
+func (k *KMM) DefaultQoS() keystore.QoS { return k.set.DefaultQoS }
 
 // fill allocates keys to a stream now: directly where this KMM is the link's
 // Master, else by asking the Master KMM, which synchronises back before it

@@ -1,0 +1,205 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/kmm"
+	"github.com/qkdnet/qkdnet/kmm/keystore"
+)
+
+// southbound is the agent's side of the controller: it registers the node,
+// holds a Session with the leader, applies every configuration pushed,
+// acknowledges it, and reports status once a second.
+type southbound struct {
+	cfg     Config
+	client  *ctlclient.Client
+	ctl     *controlled
+	kmm     *kmm.KMM
+	store   *keystore.Store
+	drivers *driverSet
+	logger  *slog.Logger
+}
+
+// openApp asks the controller for an application (kmm.Apps via controlled).
+func (s *southbound) openApp(ctx context.Context, master, slave string) error {
+	err := s.client.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := ctlclient.Controller(cc).OpenApplication(ctx, &qkdv1.OpenApplicationRequest{MasterSaeId: master, SlaveSaeId: slave})
+		return err
+	})
+	if status.Code(err) == codes.NotFound {
+		return fmt.Errorf("%w: %s", kmm.ErrUnknownSAE, status.Convert(err).Message())
+	}
+	if st, ok := status.FromError(err); ok && err != nil {
+		return errors.New(st.Message())
+	}
+	return err
+}
+
+func (s *southbound) register(ctx context.Context) error {
+	req := &qkdv1.RegisterRequest{
+		Node: s.cfg.Node, KmeId: s.cfg.KMEID, AgentAddress: s.cfg.GRPCAddr, Version: "qkdnet",
+		Capabilities: &qkdv1.Capabilities{LinkStatsSupport: true, ApplicationStatsSupport: true},
+	}
+	for _, l := range s.cfg.Topology.Links {
+		req.Interfaces = append(req.Interfaces, &qkdv1.Interface{Link: l.ID, Model: "qkdnet-" + l.Driver.Kind})
+	}
+	return s.client.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := ctlclient.Controller(cc).Register(ctx, req)
+		return err
+	})
+}
+
+// run registers, then keeps a session with the leader until ctx is done.
+func (s *southbound) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		if err := s.register(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.logger.Warn("could not register with the controller; retrying", "err", err, "in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		s.logger.Info("registered with the controller", "leader", s.client.Leader())
+		break
+	}
+	backoff = 100 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := s.client.Stream(ctx, s.session)
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > 5*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		s.logger.Info("controller session ended; reconnecting", "err", err, "in", backoff)
+		sleep(ctx, backoff)
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// session runs one Session stream. It returns nil when the controller ends
+// it cleanly, so the caller reconnects.
+func (s *southbound) session(ctx context.Context, cc *grpc.ClientConn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ctlclient.Controller(cc).Session(ctx)
+	if err != nil {
+		return err
+	}
+	var sendMu sync.Mutex
+	send := func(m *qkdv1.SessionRequest) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	if err := send(&qkdv1.SessionRequest{Msg: &qkdv1.SessionRequest_Hello{Hello: &qkdv1.SessionHello{Node: s.cfg.Node, ConfigVersion: s.ctl.view().version}}}); err != nil {
+		return err
+	}
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := send(&qkdv1.SessionRequest{Msg: &qkdv1.SessionRequest_Status{Status: s.status()}}); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	for {
+		p, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		ack := &qkdv1.ConfigAck{ConfigVersion: p.GetConfigVersion()}
+		if err := s.apply(ctx, p); err != nil {
+			ack.Error = err.Error()
+			s.logger.Error("refused configuration from the controller", "version", p.GetConfigVersion(), "err", err)
+		}
+		if err := send(&qkdv1.SessionRequest{Msg: &qkdv1.SessionRequest_Ack{Ack: ack}}); err != nil {
+			return err
+		}
+	}
+}
+
+// apply makes a pushed configuration the one the node runs: the KMM's view
+// of links, roles and SAEs, the key streams at this node's KMM, and the
+// drivers of the enabled links. An older version than the one running is
+// ignored (a push from a deposed leader cannot roll the node back).
+func (s *southbound) apply(ctx context.Context, p *qkdv1.SessionResponse) error {
+	v, err := viewOf(s.cfg.Node, p.GetConfigVersion(), p.GetQkdNode())
+	if err != nil {
+		return err
+	}
+	cur := s.ctl.view()
+	if v.version < cur.version {
+		s.logger.Warn("ignoring an older configuration", "version", v.version, "running", cur.version)
+		return nil
+	}
+	for _, a := range v.apps {
+		if a.hops != 1 || a.link == "" {
+			continue // multi-hop streams need key relay (not here yet)
+		}
+		l := v.links[a.link]
+		qos := s.kmm.DefaultQoS()
+		qos.Priority = a.priority
+		if a.minBitsPerS > 0 && l.KeyBytes > 0 {
+			qos.KeyRate = max(qos.KeyRate, a.minBitsPerS/uint32(8*l.KeyBytes))
+		}
+		st := keystore.Stream{ID: kmm.StreamID(a.master, a.slave), MasterSAE: a.master, SlaveSAE: a.slave, Link: a.link, QoS: qos}
+		if err := s.kmm.EnsureStream(st); err != nil {
+			return fmt.Errorf("key stream %s: %w", st.ID, err)
+		}
+	}
+	s.ctl.set(v)
+	s.drivers.reconcile(ctx, v)
+	s.logger.Info("applied configuration", "version", v.version, "links", len(v.links), "applications", len(v.apps))
+	return nil
+}
+
+// status is the node's live state for the controller.
+func (s *southbound) status() *qkdv1.NodeStatus {
+	v := s.ctl.view()
+	out := &qkdv1.NodeStatus{}
+	running := s.drivers.running()
+	for name := range v.links {
+		ls := &qkdv1.LinkStatus{Link: name, Status: "OFF", PoolKeys: uint64(s.store.PoolCount(name))}
+		if running[name] {
+			ls.Status = "ACTIVE"
+		}
+		out.Links = append(out.Links, ls)
+	}
+	for _, a := range v.apps {
+		out.Applications = append(out.Applications, &qkdv1.ApplicationStatus{AppId: a.id, Status: "ON"})
+	}
+	return out
+}

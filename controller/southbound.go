@@ -1,0 +1,214 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/qkdnet/qkdnet/controller/state"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/pki"
+	"github.com/qkdnet/qkdnet/qkd015"
+)
+
+// southbound serves ControllerService to node agents.
+type southbound struct {
+	qkdv1.UnimplementedControllerServiceServer
+	c *Controller
+}
+
+// callerOf returns the caller's identity if its kind is one of kinds.
+func callerOf(ctx context.Context, kinds ...pki.Kind) (pki.Identity, error) {
+	id, err := pki.Caller(ctx)
+	if err != nil {
+		return pki.Identity{}, status.Errorf(codes.Unauthenticated, "%v", err)
+	}
+	for _, k := range kinds {
+		if id.Kind == k {
+			return id, nil
+		}
+	}
+	return pki.Identity{}, status.Errorf(codes.PermissionDenied, "%s may not call this", id)
+}
+
+func (s *southbound) Register(ctx context.Context, req *qkdv1.RegisterRequest) (*qkdv1.RegisterResponse, error) {
+	id, err := callerOf(ctx, pki.KindNode)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetNode() != id.ID {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s may not register node %q", id.ID, req.GetNode())
+	}
+	spec := state.NodeSpec{
+		Name: req.GetNode(), KMEID: req.GetKmeId(), AgentAddress: req.GetAgentAddress(), Version: req.GetVersion(),
+		Capabilities: state.Capabilities{
+			LinkStats: req.GetCapabilities().GetLinkStatsSupport(),
+			AppStats:  req.GetCapabilities().GetApplicationStatsSupport(),
+			KeyRelay:  req.GetCapabilities().GetKeyRelayModeEnable(),
+		},
+	}
+	for _, in := range req.GetInterfaces() {
+		spec.Interfaces = append(spec.Interfaces, state.Interface{ID: in.GetQkdiId(), Link: in.GetLink(), Model: in.GetModel(), Technology: in.GetTechnology()})
+	}
+	r, err := s.c.propose(ctx, state.Command{Op: state.OpRegister, Node: &spec})
+	if err != nil {
+		return nil, err
+	}
+	s.c.logger.Info("agent registered", "node", spec.Name, "address", spec.AgentAddress, "interfaces", len(spec.Interfaces), "index", r.Index)
+	return &qkdv1.RegisterResponse{ConfigVersion: r.Index}, nil
+}
+
+func (s *southbound) Session(stream qkdv1.ControllerService_SessionServer) error {
+	ctx := stream.Context()
+	id, err := callerOf(ctx, pki.KindNode)
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "a session starts with hello")
+	}
+	if hello.GetNode() != id.ID {
+		return status.Errorf(codes.PermissionDenied, "node %s may not open a session for node %q", id.ID, hello.GetNode())
+	}
+	sess, ok := s.c.hub.attach(id.ID)
+	if !ok {
+		return s.c.notLeader()
+	}
+	defer s.c.hub.detach(sess)
+	s.c.logger.Info("agent session opened", "node", id.ID, "agent_version", hello.GetConfigVersion())
+	defer s.c.logger.Info("agent session closed", "node", id.ID)
+
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- s.receive(id.ID, stream) }()
+	for {
+		select {
+		case p := <-sess.mailbox:
+			if err := stream.Send(p); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-sess.closed:
+			return s.c.notLeader()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// receive takes the agent's acknowledgements, status and notifications.
+func (s *southbound) receive(node string, stream qkdv1.ControllerService_SessionServer) error {
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch {
+		case m.GetAck() != nil:
+			a := m.GetAck()
+			s.c.hub.report(node, func(l *nodeLive) {
+				if a.GetError() == "" {
+					l.applied = a.GetConfigVersion()
+				}
+				l.lastError = a.GetError()
+			})
+			if a.GetError() != "" {
+				s.c.logger.Warn("agent refused configuration", "node", node, "version", a.GetConfigVersion(), "err", a.GetError())
+			}
+		case m.GetStatus() != nil:
+			st := m.GetStatus()
+			s.c.hub.report(node, func(l *nodeLive) { l.status = st })
+		case m.GetNotification() != nil:
+			n := m.GetNotification()
+			s.c.hub.report(node, func(*nodeLive) {})
+			s.c.logger.Info("notification", "node", node, "kind", n.GetKind(), "link", n.GetLink(), "app_id", n.GetAppId(),
+				"status", n.GetStatus(), "severity", n.GetSeverity(), "message", n.GetMessage())
+		}
+	}
+}
+
+func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplicationRequest) (*qkdv1.OpenApplicationResponse, error) {
+	id, err := callerOf(ctx, pki.KindNode, pki.KindOperator)
+	if err != nil {
+		return nil, err
+	}
+	master, slave := req.GetMasterSaeId(), req.GetSlaveSaeId()
+	for _, v := range []struct{ field, id string }{{"master_sae_id", master}, {"slave_sae_id", slave}} {
+		if err := pki.ValidID(v.id); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "%s: %v", v.field, err)
+		}
+	}
+	if master == slave {
+		return nil, status.Errorf(codes.InvalidArgument, "master and slave SAE are both %s", master)
+	}
+	appID := qkd015.AppID(master, slave)
+	var (
+		existing   state.AppInfo
+		found      bool
+		mn, sn     string
+		okM, okS   bool
+		path       []string
+		index      uint64
+		pathErrMsg string
+	)
+	c := s.c
+	c.fsm.Read(func(st *state.State) {
+		index = st.Index()
+		existing, found = st.App(appID)
+		mn, okM = st.SAENode(master)
+		sn, okS = st.SAENode(slave)
+		if !found && okM && okS && mn != sn {
+			path = st.ShortestPath(mn, sn, state.Hops)
+			if path == nil {
+				pathErrMsg = fmt.Sprintf("no path of enabled QKD links joins node %s (SAE %s) to node %s (SAE %s)", mn, master, sn, slave)
+			}
+		}
+	})
+	switch {
+	case !okM:
+		return nil, status.Errorf(codes.NotFound, "unknown SAE %q", master)
+	case !okS:
+		return nil, status.Errorf(codes.NotFound, "unknown SAE %q", slave)
+	case id.Kind == pki.KindNode && id.ID != mn && id.ID != sn:
+		return nil, status.Errorf(codes.PermissionDenied, "node %s serves neither SAE %s nor SAE %s", id.ID, master, slave)
+	case mn == sn:
+		return nil, status.Errorf(codes.InvalidArgument, "SAEs %s and %s are both attached to node %s", master, slave, mn)
+	case found:
+		return &qkdv1.OpenApplicationResponse{Application: c.appProto(existing, nil), ConfigVersion: index}, nil
+	case pathErrMsg != "":
+		return nil, status.Error(codes.FailedPrecondition, pathErrMsg)
+	}
+	q := req.GetQos()
+	spec := state.AppSpec{
+		ID: appID, MasterSAE: master, SlaveSAE: slave, Path: path, Priority: req.GetPriority(),
+		Created: c.cfg.Clock().UTC().Format(time.RFC3339),
+		QoS: state.QoS{MaxBandwidth: q.GetMaxBandwidth(), MinBandwidth: q.GetMinBandwidth(), Jitter: q.GetJitter(), TTL: q.GetTtl(),
+			SharedPath: q.GetClientsSharedPathEnable(), SharedKeys: q.GetClientsSharedKeysRequired()},
+	}
+	r, err := c.propose(ctx, state.Command{Op: state.OpOpenApp, App: &spec})
+	if err != nil {
+		return nil, err
+	}
+	info, _ := r.Value.(*state.AppInfo)
+	if info == nil {
+		return nil, status.Error(codes.Internal, "open_app gave no application")
+	}
+	created := r.Err == nil
+	if created {
+		c.logger.Info("application opened", "app_id", appID, "master_sae", master, "slave_sae", slave, "path", path, "index", r.Index)
+	}
+	return &qkdv1.OpenApplicationResponse{Application: c.appProto(*info, nil), ConfigVersion: r.Index, Created: created}, nil
+}

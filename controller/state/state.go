@@ -1,0 +1,703 @@
+// Package state is the controller's replicated state: the QKD network as
+// ETSI GS QKD 015 YANG data, one etsi-qkd-sdn-node:qkd_node tree per trusted
+// node (with the qkdnet-sdn-ext augmentations), plus the controller replicas.
+//
+// State is deterministic: Apply changes it only as the command says, with no
+// clock, randomness or I/O, so every replica that applies the same Raft log
+// holds the same trees. A command that fails changes nothing. Key material
+// never enters it: the trees name links, SAEs and key streams, never keys.
+//
+// State is not safe for concurrent use; the FSM that owns it serialises
+// Apply against readers.
+package state
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+
+	"github.com/openconfig/ygot/ygot"
+
+	"github.com/qkdnet/qkdnet/gen/go/etsi015"
+	"github.com/qkdnet/qkdnet/pki"
+	"github.com/qkdnet/qkdnet/qkd015"
+)
+
+type iface = etsi015.EtsiQkdSdnNode_QkdNode_QkdInterfaces_QkdInterface
+
+// LinkInfo is a link as the index holds it.
+type LinkInfo struct {
+	Name, ID string
+	A, B     string
+	Master   string
+	KeySize  uint32
+	Enabled  bool
+	Apps     []string
+}
+
+// Other returns the end of the link that is not node.
+func (l LinkInfo) Other(node string) string {
+	if l.A == node {
+		return l.B
+	}
+	return l.A
+}
+
+// AppInfo is an application as the index holds it.
+type AppInfo struct {
+	ID                    string
+	MasterSAE, SlaveSAE   string
+	MasterNode, SlaveNode string
+	// Path is the link names from MasterNode to SlaveNode; Nodes the nodes
+	// along it, MasterNode first.
+	Path  []string
+	Nodes []string
+	// Masters is the node whose KMM is Master on each hop (the link's).
+	Masters  []string
+	QoS      QoS
+	Priority uint32
+	Created  string
+}
+
+// State is the replicated state.
+type State struct {
+	index   uint64
+	nodes   map[string]*qkd015.Node // by node name
+	byID    map[string]string       // qkdn_id -> node name
+	links   map[string]*LinkInfo    // by link name
+	saes    map[string]string       // SAE_ID -> node name
+	apps    map[string]*AppInfo     // by app_id
+	members map[string]Member
+}
+
+// New returns an empty state.
+func New() *State {
+	return &State{
+		nodes:   map[string]*qkd015.Node{},
+		byID:    map[string]string{},
+		links:   map[string]*LinkInfo{},
+		saes:    map[string]string{},
+		apps:    map[string]*AppInfo{},
+		members: map[string]Member{},
+	}
+}
+
+// Index is the Raft index of the last command applied.
+func (s *State) Index() uint64 { return s.index }
+
+// Apply applies the command logged at index. It returns what the command
+// made (for open_app: the *AppInfo and whether it was created) or an error,
+// in which case the state is unchanged but for the index.
+func (s *State) Apply(index uint64, c Command) (any, error) {
+	if index > s.index {
+		s.index = index
+	}
+	switch c.Op {
+	case OpAddNode, OpRegister:
+		if c.Node == nil {
+			return nil, invalid("%s without node", c.Op)
+		}
+		return nil, s.putNode(*c.Node, c.Op == OpRegister)
+	case OpRemoveNode:
+		return nil, s.removeNode(c.Name)
+	case OpAddLink:
+		if c.Link == nil {
+			return nil, invalid("add_link without link")
+		}
+		return nil, s.addLink(*c.Link)
+	case OpRemoveLink:
+		return nil, s.removeLink(c.Name)
+	case OpAddSAE:
+		if c.SAE == nil {
+			return nil, invalid("add_sae without SAE")
+		}
+		return nil, s.addSAE(*c.SAE)
+	case OpRemoveSAE:
+		return nil, s.removeSAE(c.Name)
+	case OpOpenApp:
+		if c.App == nil {
+			return nil, invalid("open_app without app")
+		}
+		return s.openApp(*c.App)
+	case OpRemoveApp:
+		return nil, s.removeApp(c.Name)
+	case OpSetMember:
+		if c.Member == nil || c.Member.ID == "" {
+			return nil, invalid("set_member without member")
+		}
+		s.members[c.Member.ID] = *c.Member
+		return nil, nil
+	case OpRemoveMember:
+		delete(s.members, c.Name)
+		return nil, nil
+	}
+	return nil, invalid("unknown operation %q", c.Op)
+}
+
+// change runs f on deep copies of the named nodes' trees and keeps the
+// copies only if f succeeds and every changed tree validates against the
+// YANG schema: a command is all or nothing.
+func (s *State) change(names []string, f func(trees map[string]*qkd015.Node) error) error {
+	trees := make(map[string]*qkd015.Node, len(names))
+	for _, n := range names {
+		t, ok := s.nodes[n]
+		if !ok {
+			return notFound("node %q", n)
+		}
+		cp, err := ygot.DeepCopy(t)
+		if err != nil {
+			return fmt.Errorf("state: copy node %s: %w", n, err)
+		}
+		trees[n] = cp.(*qkd015.Node)
+	}
+	if err := f(trees); err != nil {
+		return err
+	}
+	for _, n := range slices.Sorted(maps.Keys(trees)) {
+		if err := qkd015.Validate(trees[n]); err != nil {
+			return invalid("node %s: %v", n, err)
+		}
+	}
+	maps.Copy(s.nodes, trees)
+	return nil
+}
+
+func validName(kind, name string) error {
+	if err := pki.ValidID(name); err != nil {
+		return invalid("%s %v", kind, err)
+	}
+	return nil
+}
+
+func (s *State) putNode(n NodeSpec, register bool) error {
+	if err := validName("node", n.Name); err != nil {
+		return err
+	}
+	t, ok := s.nodes[n.Name]
+	if ok && !register {
+		return exists("node %s", n.Name)
+	}
+	if !ok {
+		t = &qkd015.Node{}
+		t.QkdnId = ygot.String(qkd015.NodeID(n.Name))
+		t.NodeName = ygot.String(n.Name)
+		t.QkdnStatus = etsi015.EtsiQkdNodeTypes_QkdnStatusTypes_NEW
+		if err := qkd015.Validate(t); err != nil {
+			return invalid("node %s: %v", n.Name, err)
+		}
+		s.nodes[n.Name] = t
+		s.byID[t.GetQkdnId()] = n.Name
+	}
+	return s.change([]string{n.Name}, func(trees map[string]*qkd015.Node) error {
+		t := trees[n.Name]
+		if n.KMEID != "" {
+			t.KmeId = ygot.String(n.KMEID)
+		} else if t.KmeId == nil {
+			t.KmeId = ygot.String("KME_" + n.Name)
+		}
+		if n.Location != "" {
+			t.QkdnLocationId = ygot.String(n.Location)
+		}
+		if !register {
+			return nil
+		}
+		t.QkdnStatus = etsi015.EtsiQkdNodeTypes_QkdnStatusTypes_OPERATING
+		if n.AgentAddress != "" {
+			t.AgentAddress = ygot.String(n.AgentAddress)
+		}
+		if n.Version != "" {
+			t.QkdnVersion = ygot.String(n.Version)
+		}
+		c := t.GetOrCreateQkdnCapabilities()
+		c.LinkStatsSupport = ygot.Bool(n.Capabilities.LinkStats)
+		c.ApplicationStatsSupport = ygot.Bool(n.Capabilities.AppStats)
+		c.KeyRelayModeEnable = ygot.Bool(n.Capabilities.KeyRelay)
+		for _, in := range n.Interfaces {
+			if err := putInterface(t, in); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// putInterface records a QKD module of the node. A module serving a link
+// is matched by the link's name (its attachment point device); one without
+// an ID gets the lowest free one.
+func putInterface(t *qkd015.Node, in Interface) error {
+	ifs := t.GetOrCreateQkdInterfaces()
+	var it *iface
+	if in.Link != "" {
+		for _, id := range slices.Sorted(maps.Keys(ifs.QkdInterface)) {
+			if x := ifs.QkdInterface[id]; x.GetQkdiAttPoint().GetDevice() == in.Link {
+				it = x
+				break
+			}
+		}
+	}
+	if it == nil && in.ID != 0 {
+		it = ifs.GetQkdInterface(in.ID)
+	}
+	if it == nil {
+		id := in.ID
+		if id == 0 || ifs.GetQkdInterface(id) != nil {
+			id = freeInterfaceID(ifs.QkdInterface)
+		}
+		it = ifs.GetOrCreateQkdInterface(id)
+	}
+	if in.Link != "" {
+		it.GetOrCreateQkdiAttPoint().Device = ygot.String(in.Link)
+	}
+	if in.Model != "" {
+		it.QkdiModel = ygot.String(in.Model)
+	}
+	if in.Technology != "" {
+		tech, err := technology(in.Technology)
+		if err != nil {
+			return invalid("interface of link %s: %v", in.Link, err)
+		}
+		it.QkdiType = tech
+	}
+	return nil
+}
+
+func freeInterfaceID(m map[uint32]*iface) uint32 {
+	id := uint32(1)
+	for m[id] != nil {
+		id++
+	}
+	return id
+}
+
+func (s *State) removeNode(name string) error {
+	if _, ok := s.nodes[name]; !ok {
+		return notFound("node %q", name)
+	}
+	for _, l := range s.sortedLinks() {
+		if l.A == name || l.B == name {
+			return inUse("node %s: link %s ends there; remove it first", name, l.Name)
+		}
+	}
+	for sae, n := range s.saes {
+		if n == name {
+			return inUse("node %s: SAE %s is attached to it; remove it first", name, sae)
+		}
+	}
+	id := s.nodes[name].GetQkdnId()
+	delete(s.nodes, name)
+	delete(s.byID, id)
+	return nil
+}
+
+func (s *State) addLink(l LinkSpec) error {
+	if err := validName("link", l.Name); err != nil {
+		return err
+	}
+	if _, ok := s.links[l.Name]; ok {
+		return exists("link %s", l.Name)
+	}
+	if l.A == l.B {
+		return invalid("link %s: both ends are node %q", l.Name, l.A)
+	}
+	for _, n := range []string{l.A, l.B} {
+		if _, ok := s.nodes[n]; !ok {
+			return notFound("link %s: node %q", l.Name, n)
+		}
+	}
+	for _, o := range s.sortedLinks() {
+		if (o.A == l.A && o.B == l.B) || (o.A == l.B && o.B == l.A) {
+			return exists("link %s: nodes %s and %s are already joined by link %s", l.Name, l.A, l.B, o.Name)
+		}
+	}
+	if l.Master == "" {
+		l.Master = l.A
+	}
+	if l.Master != l.A && l.Master != l.B {
+		return invalid("link %s: master %q is not one of its ends %s, %s", l.Name, l.Master, l.A, l.B)
+	}
+	if l.KeySize == 0 {
+		l.KeySize = 256
+	}
+	if l.KeySize%8 != 0 {
+		return invalid("link %s: key_size %d is not a multiple of 8 bits", l.Name, l.KeySize)
+	}
+	if l.Technology == "" {
+		l.Technology = "DV-QKD"
+	}
+	if _, err := technology(l.Technology); err != nil {
+		return invalid("link %s: %v", l.Name, err)
+	}
+	id := qkd015.LinkID(l.Name)
+	err := s.change([]string{l.A, l.B}, func(trees map[string]*qkd015.Node) error {
+		for _, end := range []string{l.A, l.B} {
+			t := trees[end]
+			other := l.B
+			if end == l.B {
+				other = l.A
+			}
+			if err := putInterface(t, Interface{Link: l.Name, Technology: l.Technology}); err != nil {
+				return err
+			}
+			ql, err := t.GetOrCreateQkdLinks().NewQkdLink(id)
+			if err != nil {
+				return exists("link %s: %v", l.Name, err)
+			}
+			ql.LinkName = ygot.String(l.Name)
+			ql.QkdlType = etsi015.EtsiQkdNodeTypes_QkdLinkTypes_PHYS
+			ql.QkdlEnable = ygot.Bool(!l.Disabled)
+			ql.KeySize = ygot.Uint32(l.KeySize)
+			ql.GetOrCreateQkdlLocal().QkdnId = t.QkdnId
+			ql.GetOrCreateQkdlLocal().QkdiId = ygot.Uint32(interfaceOf(t, l.Name))
+			ql.GetOrCreateQkdlRemote().QkdnId = ygot.String(qkd015.NodeID(other))
+			ql.KmmRole = etsi015.QkdnetSdnExt_KmmRole_SLAVE
+			if end == l.Master {
+				ql.KmmRole = etsi015.QkdnetSdnExt_KmmRole_MASTER
+			}
+		}
+		// Each end's qkdl_remote names the other end's interface.
+		for _, end := range []string{l.A, l.B} {
+			other := l.B
+			if end == l.B {
+				other = l.A
+			}
+			trees[end].GetQkdLinks().GetQkdLink(id).GetOrCreateQkdlRemote().QkdiId = ygot.Uint32(interfaceOf(trees[other], l.Name))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// A is the Master end, as Restore reads it back from the trees.
+	other := l.B
+	if l.Master == l.B {
+		other = l.A
+	}
+	s.links[l.Name] = &LinkInfo{Name: l.Name, ID: id, A: l.Master, B: other, Master: l.Master, KeySize: l.KeySize, Enabled: !l.Disabled}
+	return nil
+}
+
+func interfaceOf(t *qkd015.Node, linkName string) uint32 {
+	for id, it := range qkd015.Interfaces(t) {
+		if it.GetQkdiAttPoint().GetDevice() == linkName {
+			return id
+		}
+	}
+	return 0
+}
+
+func (s *State) removeLink(name string) error {
+	l, ok := s.links[name]
+	if !ok {
+		return notFound("link %q", name)
+	}
+	if len(l.Apps) > 0 {
+		return inUse("link %s carries application %s; remove it first", name, l.Apps[0])
+	}
+	err := s.change([]string{l.A, l.B}, func(trees map[string]*qkd015.Node) error {
+		for _, t := range trees {
+			t.GetQkdLinks().DeleteQkdLink(l.ID)
+			if id := interfaceOf(t, name); id != 0 {
+				t.GetQkdInterfaces().DeleteQkdInterface(id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	delete(s.links, name)
+	return nil
+}
+
+func (s *State) addSAE(a SAESpec) error {
+	if err := validName("SAE", a.ID); err != nil {
+		return err
+	}
+	if n, ok := s.saes[a.ID]; ok {
+		if n == a.Node {
+			return exists("SAE %s is already attached to node %s", a.ID, n)
+		}
+		return exists("SAE %s is attached to node %s", a.ID, n)
+	}
+	err := s.change([]string{a.Node}, func(trees map[string]*qkd015.Node) error {
+		_, err := trees[a.Node].GetOrCreateSaes().NewSae(a.ID)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.saes[a.ID] = a.Node
+	return nil
+}
+
+func (s *State) removeSAE(id string) error {
+	node, ok := s.saes[id]
+	if !ok {
+		return notFound("SAE %q", id)
+	}
+	for _, a := range s.sortedApps() {
+		if a.MasterSAE == id || a.SlaveSAE == id {
+			return inUse("SAE %s is an end of application %s; remove it first", id, a.ID)
+		}
+	}
+	err := s.change([]string{node}, func(trees map[string]*qkd015.Node) error {
+		trees[node].GetSaes().DeleteSae(id)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	delete(s.saes, id)
+	return nil
+}
+
+// CheckPath returns the nodes along path from the master SAE's node to the
+// slave SAE's node, or why the path does not join them.
+func (s *State) CheckPath(from, to string, path []string) ([]string, error) {
+	return s.walk(from, to, path, true)
+}
+
+func (s *State) walk(from, to string, path []string, enabled bool) ([]string, error) {
+	if len(path) == 0 {
+		return nil, invalid("empty path from %s to %s", from, to)
+	}
+	nodes := []string{from}
+	at := from
+	seen := map[string]bool{from: true}
+	for _, name := range path {
+		l, ok := s.links[name]
+		if !ok {
+			return nil, notFound("path link %q", name)
+		}
+		if l.A != at && l.B != at {
+			return nil, invalid("path link %s does not start at node %s", name, at)
+		}
+		if enabled && !l.Enabled {
+			return nil, invalid("path link %s is disabled", name)
+		}
+		at = l.Other(at)
+		if seen[at] {
+			return nil, invalid("path visits node %s twice", at)
+		}
+		seen[at] = true
+		nodes = append(nodes, at)
+	}
+	if at != to {
+		return nil, invalid("path ends at node %s, not %s", at, to)
+	}
+	return nodes, nil
+}
+
+func (s *State) openApp(a AppSpec) (*AppInfo, error) {
+	if a.ID != qkd015.AppID(a.MasterSAE, a.SlaveSAE) {
+		return nil, invalid("app_id %s is not the ID of the SAE pair %s -> %s", a.ID, a.MasterSAE, a.SlaveSAE)
+	}
+	if have, ok := s.apps[a.ID]; ok {
+		cp := *have
+		return &cp, ErrAppExists
+	}
+	mn, ok := s.saes[a.MasterSAE]
+	if !ok {
+		return nil, notFound("SAE %q", a.MasterSAE)
+	}
+	sn, ok := s.saes[a.SlaveSAE]
+	if !ok {
+		return nil, notFound("SAE %q", a.SlaveSAE)
+	}
+	if mn == sn {
+		return nil, invalid("SAEs %s and %s are both attached to node %s", a.MasterSAE, a.SlaveSAE, mn)
+	}
+	nodes, err := s.CheckPath(mn, sn, a.Path)
+	if err != nil {
+		return nil, err
+	}
+	info := &AppInfo{ID: a.ID, MasterSAE: a.MasterSAE, SlaveSAE: a.SlaveSAE, MasterNode: mn, SlaveNode: sn,
+		Path: slices.Clone(a.Path), Nodes: nodes, QoS: a.QoS, Priority: a.Priority, Created: a.Created}
+	for _, name := range a.Path {
+		info.Masters = append(info.Masters, s.links[name].Master)
+	}
+	err = s.change(nodes, func(trees map[string]*qkd015.Node) error {
+		for i, n := range nodes {
+			t := trees[n]
+			qa, err := t.GetOrCreateQkdApplications().NewQkdApp(a.ID)
+			if err != nil {
+				return exists("application %s at node %s: %v", a.ID, n, err)
+			}
+			qa.AppType = etsi015.EtsiQkdNodeTypes_QkdAppTypes_CLIENT
+			qa.ServerAppId = ygot.String(qkd015.SAEURI(a.MasterSAE))
+			qa.ClientAppId = []string{qkd015.SAEURI(a.SlaveSAE)}
+			qa.AppPriority = ygot.Uint32(a.Priority)
+			if a.Created != "" {
+				qa.CreationTime = ygot.String(a.Created)
+			}
+			q := qa.GetOrCreateAppQos()
+			q.MaxBandwidth = ygot.Uint32(a.QoS.MaxBandwidth)
+			q.MinBandwidth = ygot.Uint32(a.QoS.MinBandwidth)
+			q.Jitter = ygot.Uint32(a.QoS.Jitter)
+			q.Ttl = ygot.Uint32(a.QoS.TTL)
+			q.ClientsSharedPathEnable = ygot.Bool(a.QoS.SharedPath)
+			q.ClientsSharedKeysRequired = ygot.Bool(a.QoS.SharedKeys)
+			qa.LocalQkdnId = t.QkdnId
+			remote := sn
+			if n == sn {
+				remote = mn
+			}
+			qa.RemoteQkdnId = ygot.String(qkd015.NodeID(remote))
+			// This node's hops: the link before it and the link after it.
+			for _, h := range []int{i - 1, i} {
+				if h < 0 || h >= len(a.Path) {
+					continue
+				}
+				l := s.links[a.Path[h]]
+				qa.BackingQkdlId = append(qa.BackingQkdlId, l.ID)
+				hop := qa.GetOrCreateHops().GetOrCreateHop(l.ID)
+				hop.Index = ygot.Uint32(uint32(h))
+				hop.Role = etsi015.QkdnetSdnExt_KmmRole_SLAVE
+				if l.Master == n {
+					hop.Role = etsi015.QkdnetSdnExt_KmmRole_MASTER
+				}
+				ql := t.GetQkdLinks().GetQkdLink(l.ID)
+				if ql == nil {
+					return notFound("link %s at node %s", l.Name, n)
+				}
+				ql.QkdlApplications = append(ql.QkdlApplications, a.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.apps[a.ID] = info
+	for _, name := range a.Path {
+		l := s.links[name]
+		l.Apps = append(l.Apps, a.ID)
+		slices.Sort(l.Apps) // as Restore rebuilds it
+	}
+	cp := *info
+	return &cp, nil
+}
+
+// ErrAppExists is returned with the existing application when open_app
+// names one that exists: opening is idempotent.
+var ErrAppExists = exists("application")
+
+func (s *State) removeApp(id string) error {
+	a, ok := s.apps[id]
+	if !ok {
+		return notFound("application %q", id)
+	}
+	err := s.change(a.Nodes, func(trees map[string]*qkd015.Node) error {
+		for _, t := range trees {
+			t.GetQkdApplications().DeleteQkdApp(id)
+			for _, ql := range qkd015.Links(t) {
+				ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == id })
+				if len(ql.QkdlApplications) == 0 {
+					ql.QkdlApplications = nil
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	delete(s.apps, id)
+	for _, name := range a.Path {
+		l := s.links[name]
+		l.Apps = slices.DeleteFunc(l.Apps, func(x string) bool { return x == id })
+	}
+	return nil
+}
+
+// ---- reads ----
+
+// Node returns a node's tree. The caller must not change it.
+func (s *State) Node(name string) (*qkd015.Node, bool) {
+	t, ok := s.nodes[name]
+	return t, ok
+}
+
+// NodeNames lists the nodes, sorted.
+func (s *State) NodeNames() []string { return slices.Sorted(maps.Keys(s.nodes)) }
+
+// Link returns a link by name.
+func (s *State) Link(name string) (LinkInfo, bool) {
+	l, ok := s.links[name]
+	if !ok {
+		return LinkInfo{}, false
+	}
+	return *l, true
+}
+
+func (s *State) sortedLinks() []*LinkInfo {
+	out := slices.Collect(maps.Values(s.links))
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Links lists the links, sorted by name.
+func (s *State) Links() []LinkInfo {
+	var out []LinkInfo
+	for _, l := range s.sortedLinks() {
+		c := *l
+		c.Apps = slices.Clone(l.Apps)
+		out = append(out, c)
+	}
+	return out
+}
+
+// SAENode returns the node an SAE is attached to.
+func (s *State) SAENode(id string) (string, bool) {
+	n, ok := s.saes[id]
+	return n, ok
+}
+
+// SAEs maps every SAE to its node.
+func (s *State) SAEs() map[string]string { return maps.Clone(s.saes) }
+
+// App returns an application by ID.
+func (s *State) App(id string) (AppInfo, bool) {
+	a, ok := s.apps[id]
+	if !ok {
+		return AppInfo{}, false
+	}
+	return *a, true
+}
+
+func (s *State) sortedApps() []*AppInfo {
+	out := slices.Collect(maps.Values(s.apps))
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Apps lists the applications, sorted by ID.
+func (s *State) Apps() []AppInfo {
+	var out []AppInfo
+	for _, a := range s.sortedApps() {
+		out = append(out, *a)
+	}
+	return out
+}
+
+// Members lists the controller replicas recorded in the state.
+func (s *State) Members() map[string]Member { return maps.Clone(s.members) }
+
+// NodeName returns the name of the node with a qkdn_id.
+func (s *State) NodeName(qkdnID string) (string, bool) {
+	n, ok := s.byID[qkdnID]
+	return n, ok
+}
+
+// Counts returns how many nodes, links and applications the state holds.
+func (s *State) Counts() (nodes, links, apps int) { return len(s.nodes), len(s.links), len(s.apps) }
+
+// technology reads an ETSI 015 qkd-technology-types identity name.
+func technology(name string) (qkd015.Technology, error) {
+	var t qkd015.Technology
+	if !qkd015.ParseEnum(name, &t) {
+		return 0, fmt.Errorf("technology %q: want CV-QKD, DV-QKD, DV-QKD-COW or DV-QKD-2Ws", name)
+	}
+	return t, nil
+}
