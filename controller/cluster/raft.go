@@ -50,7 +50,11 @@ type Config struct {
 	// Bootstrap makes a new cluster with this replica as its only voter when
 	// the data dir holds no Raft state yet. Others join it.
 	Bootstrap bool
-	Timeouts  Timeouts
+	// Voters, when set with Bootstrap, is the whole first configuration
+	// (every replica bootstrapped with the same list); else the replica
+	// bootstraps alone and the others join.
+	Voters   []raft.Server
+	Timeouts Timeouts
 	// SnapshotThreshold is how many log entries trigger a snapshot.
 	SnapshotThreshold uint64
 }
@@ -137,7 +141,10 @@ func Start(cfg Config, fsm raft.FSM, p Parts) (*Replica, error) {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
 		if !has {
-			boot := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: p.Transport.LocalAddr()}}}
+			boot := raft.Configuration{Servers: cfg.Voters}
+			if len(boot.Servers) == 0 {
+				boot.Servers = []raft.Server{{ID: rc.LocalID, Address: p.Transport.LocalAddr()}}
+			}
 			if err := raft.BootstrapCluster(rc, p.Log, p.Stable, p.Snapshots, p.Transport, boot); err != nil {
 				return nil, fmt.Errorf("cluster: bootstrap: %w", err)
 			}

@@ -21,7 +21,7 @@ func apply(t testing.TB, s *State, cmds ...Command) {
 	}
 }
 
-func addNode(name string) Command  { return Command{Op: OpAddNode, Node: &NodeSpec{Name: name}} }
+func addNode(name string) Command    { return Command{Op: OpAddNode, Node: &NodeSpec{Name: name}} }
 func addSAE(id, node string) Command { return Command{Op: OpAddSAE, SAE: &SAESpec{ID: id, Node: node}} }
 func addLink(name, a, b string) Command {
 	return Command{Op: OpAddLink, Link: &LinkSpec{Name: name, A: a, B: b}}
@@ -162,7 +162,7 @@ func TestRegisterUpdatesNode(t *testing.T) {
 	s := New()
 	apply(t, s, fig4()...)
 	apply(t, s, Command{Op: OpRegister, Node: &NodeSpec{Name: "A", KMEID: "KME_A", AgentAddress: "127.0.0.1:9443",
-		Interfaces: []Interface{{Link: "FSO_AB", Model: "emulator", Technology: "DV-QKD-COW"}, {Link: "spare", Technology: "CV-QKD"}},
+		Interfaces:   []Interface{{Link: "FSO_AB", Model: "emulator", Technology: "DV-QKD-COW"}, {Link: "spare", Technology: "CV-QKD"}},
 		Capabilities: Capabilities{LinkStats: true}}})
 	tree, _ := s.Node("A")
 	if tree.GetAgentAddress() != "127.0.0.1:9443" || tree.GetQkdnStatus() != qkd015.NodeOperating {
