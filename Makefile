@@ -19,9 +19,24 @@ test-race:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-## gen: regenerate protobuf/gRPC/gateway/OpenAPI code into gen/
+## gen: regenerate protobuf/gRPC/gateway/OpenAPI code and the ETSI 015 (YANG) Go structs into gen/
+# buf runs first: its `clean: true` empties gen/go before it writes.
+# ETSI 015 structs: yangflatten inlines the uses-with-augment that goyang
+# ignores (app_qos's clients_shared_* leaves; ygot issue 605); the ygot
+# generator reads that copy and our augmentations; sed drops the module-cache
+# directory ygot writes into the header, so the output is the same everywhere.
 gen:
 	$(GO) tool buf generate
+	$(GO) run ./qkd015/internal/yangflatten -o gen/go/etsi015/etsi-qkd-sdn-node.yang yang/etsi-qkd-sdn-node.yang
+	$(GO) tool generator -path=yang -output_file=gen/go/etsi015/etsi015.go.tmp \
+		-package_name=etsi015 -compress_paths=false -ignore_unsupported \
+		-generate_fakeroot -fakeroot_name=device -include_schema \
+		-generate_getters -generate_leaf_getters -generate_leaf_setters \
+		-generate_append -generate_delete -generate_simple_unions -typedef_enum_with_defmod \
+		gen/go/etsi015/etsi-qkd-sdn-node.yang yang/qkdnet-sdn-ext.yang
+	sed -e 's#by [^ ]*/\(github\.com/openconfig/ygot@\)#by \1#' gen/go/etsi015/etsi015.go.tmp > gen/go/etsi015/etsi015.go
+	rm gen/go/etsi015/etsi015.go.tmp
+	$(GO) fmt ./gen/go/etsi015/ >/dev/null
 
 ## lint: buf lint, go vet, gofmt
 lint:
