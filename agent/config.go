@@ -87,7 +87,7 @@ type Link struct {
 	Peer string `json:"peer"`
 	// Role is this node's KMM role on the link: "master" allocates keys to
 	// streams and tells the peer, "slave" mirrors and acknowledges.
-	Role   string       `json:"role"`
+	Role   string       `json:"role,omitempty"`
 	Driver DriverConfig `json:"driver"`
 }
 

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,8 +40,8 @@ func (s *southbound) openApp(ctx context.Context, master, slave string) error {
 		_, err := ctlclient.Controller(cc).OpenApplication(ctx, &qkdv1.OpenApplicationRequest{MasterSaeId: master, SlaveSaeId: slave})
 		return err
 	})
-	if status.Code(err) == codes.NotFound {
-		return fmt.Errorf("%w: %s", kmm.ErrUnknownSAE, status.Convert(err).Message())
+	if status.Code(err) == codes.NotFound && strings.Contains(status.Convert(err).Message(), strconv.Quote(slave)) {
+		return fmt.Errorf("%w %q", kmm.ErrUnknownSAE, slave)
 	}
 	if st, ok := status.FromError(err); ok && err != nil {
 		return errors.New(st.Message())

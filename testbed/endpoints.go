@@ -19,6 +19,33 @@ type Endpoints struct {
 	CACert string     `json:"ca_cert"`
 	KMMs   []KMMEntry `json:"kmms"`
 	SAEs   []SAEEntry `json:"saes"`
+	// Controllers are the controller replicas (absent without a controller).
+	Controllers []ControllerEntry `json:"controllers,omitempty"`
+	// Operator is a certificate for qkdctl and other operator tools.
+	Operator *CertEntry `json:"operator,omitempty"`
+}
+
+// ControllerEntry is one controller replica.
+type ControllerEntry struct {
+	ID      string `json:"id"`
+	GRPC    string `json:"grpc"`
+	Raft    string `json:"raft"`
+	Metrics string `json:"metrics,omitempty"`
+}
+
+// CertEntry is a client certificate and its key.
+type CertEntry struct {
+	Cert string `json:"cert"`
+	Key  string `json:"key"`
+}
+
+// ControllerAddrs are the gRPC addresses of the controller replicas.
+func (e Endpoints) ControllerAddrs() []string {
+	var out []string
+	for _, c := range e.Controllers {
+		out = append(out, c.GRPC)
+	}
+	return out
 }
 
 // KMMEntry is one node's KMM.
@@ -58,6 +85,9 @@ func ReadEndpoints(dir string) (Endpoints, error) {
 	for i := range e.SAEs {
 		e.SAEs[i].Cert = abs(e.SAEs[i].Cert)
 		e.SAEs[i].Key = abs(e.SAEs[i].Key)
+	}
+	if e.Operator != nil {
+		e.Operator = &CertEntry{Cert: abs(e.Operator.Cert), Key: abs(e.Operator.Key)}
 	}
 	return e, nil
 }

@@ -54,12 +54,29 @@ type Network struct {
 }
 
 type proc struct {
-	node     *NodePlan
+	label    string // "node A" or "controller c1"
+	logPath  string
+	node     *NodePlan // nil for a controller
 	cmd      *exec.Cmd
 	log      *os.File
 	exited   chan struct{} // closed when the process has been waited for
 	waitErr  error
 	expected bool // the exit was asked for (Kill, Restart, Stop)
+}
+
+// id is the node ID, or "controller <id>".
+func (p *proc) id() string {
+	if p.node != nil {
+		return p.node.ID
+	}
+	return p.label
+}
+
+func (p *proc) kind() string {
+	if p.node != nil {
+		return "agent"
+	}
+	return "controller"
 }
 
 func (p *proc) running() bool {
@@ -71,7 +88,9 @@ func (p *proc) running() bool {
 	}
 }
 
-// Up prepares the state dir (Prepare), starts one agent process per node,
+// Up prepares the state dir (Prepare), starts the controller replicas (if
+// opts.Controllers > 0) and writes the topology into the controller, starts
+// one agent process per node,
 // waits until every agent serves (REST: TLS handshake with a client
 // certificate; gRPC: TLS handshake), then writes <state>/endpoints.json. It
 // returns an error, with every started agent stopped, if an agent exits or
@@ -117,6 +136,21 @@ func Up(ctx context.Context, opts Options) (*Network, error) {
 		n.Stop()
 		return nil, err
 	}
+	if len(plan.Controllers) > 0 {
+		cids := make([]string, len(plan.Controllers))
+		cps := make([]ControllerPorts, len(plan.Controllers))
+		for i, c := range plan.Controllers {
+			cids[i], cps[i] = c.ID, c.Ports
+		}
+		if err := controllerPortsInUse(cids, cps); err != nil {
+			n.Stop()
+			return nil, err
+		}
+		if err := n.bringUpControllers(ctx); err != nil {
+			n.Stop()
+			return nil, err
+		}
+	}
 
 	for i := range plan.Nodes {
 		if err := n.start(&plan.Nodes[i]); err != nil {
@@ -127,6 +161,12 @@ func Up(ctx context.Context, opts Options) (*Network, error) {
 	if err := n.waitReady(ctx, ids); err != nil {
 		n.Stop()
 		return nil, err
+	}
+	if len(plan.Controllers) > 0 {
+		if err := n.waitConverged(ctx); err != nil {
+			n.Stop()
+			return nil, err
+		}
 	}
 	if err := WriteEndpoints(plan.StateDir, plan.Endpoints); err != nil {
 		n.Stop()
@@ -154,6 +194,10 @@ func (n *Network) Endpoints() Endpoints {
 		e.SAEs[i].Cert = abs(e.SAEs[i].Cert)
 		e.SAEs[i].Key = abs(e.SAEs[i].Key)
 	}
+	e.Controllers = slices.Clone(e.Controllers)
+	if e.Operator != nil {
+		e.Operator = &CertEntry{Cert: abs(e.Operator.Cert), Key: abs(e.Operator.Key)}
+	}
 	return e
 }
 
@@ -171,7 +215,7 @@ func (n *Network) Err() error {
 func (n *Network) PID(node string) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if p, ok := n.procs[node]; ok && p.running() {
+	if p, ok := n.procs[nodeKey(node)]; ok && p.running() {
 		return p.cmd.Process.Pid
 	}
 	return 0
@@ -180,7 +224,14 @@ func (n *Network) PID(node string) int {
 // Kill sends SIGKILL to node's agent, as a crash would, and waits until it is
 // gone. The network stays up; Restart brings the node back.
 func (n *Network) Kill(node string) error {
-	p, err := n.runningProc(node)
+	if _, ok := n.plan.Node(node); !ok {
+		return fmt.Errorf("no node %q in this network", node)
+	}
+	return n.kill(nodeKey(node))
+}
+
+func (n *Network) kill(key string) error {
+	p, err := n.runningProc(key)
 	if err != nil {
 		return err
 	}
@@ -192,7 +243,7 @@ func (n *Network) Kill(node string) error {
 	case <-p.exited:
 		return nil
 	case <-time.After(n.opts.StopTimeout):
-		return fmt.Errorf("node %s: agent did not exit after SIGKILL", node)
+		return fmt.Errorf("%s: did not exit after SIGKILL", p.label)
 	}
 }
 
@@ -209,7 +260,7 @@ func (n *Network) Restart(ctx context.Context, node string) error {
 		n.mu.Unlock()
 		return errors.New("network is stopped")
 	}
-	p := n.procs[node]
+	p := n.procs[nodeKey(node)]
 	n.mu.Unlock()
 	if p != nil && p.running() {
 		n.mu.Lock()
@@ -265,10 +316,10 @@ func (n *Network) terminate(p *proc) error {
 	case <-time.After(n.opts.StopTimeout):
 		p.cmd.Process.Kill()
 		<-p.exited
-		return fmt.Errorf("node %s: agent ignored SIGTERM for %s and was killed", p.node.ID, n.opts.StopTimeout)
+		return fmt.Errorf("%s: ignored SIGTERM for %s and was killed", p.label, n.opts.StopTimeout)
 	}
 	if p.waitErr != nil && !isKilled(p.waitErr) {
-		return fmt.Errorf("node %s: agent exited: %v", p.node.ID, p.waitErr)
+		return fmt.Errorf("%s: exited: %v", p.label, p.waitErr)
 	}
 	return nil
 }
@@ -283,18 +334,15 @@ func isKilled(err error) bool {
 	return false
 }
 
-func (n *Network) runningProc(node string) (*proc, error) {
-	if _, ok := n.plan.Node(node); !ok {
-		return nil, fmt.Errorf("no node %q in this network", node)
-	}
+func (n *Network) runningProc(key string) (*proc, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.stopping {
 		return nil, errors.New("network is stopped")
 	}
-	p := n.procs[node]
+	p := n.procs[key]
 	if p == nil || !p.running() {
-		return nil, fmt.Errorf("node %s: agent is not running", node)
+		return nil, fmt.Errorf("%s is not running", strings.Replace(key, ":", " ", 1))
 	}
 	return p, nil
 }
@@ -304,40 +352,55 @@ func (n *Network) runningProc(node string) (*proc, error) {
 const startMarker = "--- qkdnet: starting agent "
 
 func (n *Network) start(np *NodePlan) error {
+	args := append(slices.Clone(n.opts.Args), "--config", np.ConfigPath)
+	return n.startProc(nodeKey(np.ID), "node "+np.ID, np.LogPath, args, np)
+}
+
+func (n *Network) startController(cp *ControllerPlan) error {
+	args := append(slices.Clone(n.opts.ControllerArgs), cp.Args...)
+	return n.startProc(controllerKey(cp.ID), "controller "+cp.ID, cp.LogPath, args, nil)
+}
+
+func nodeKey(id string) string       { return "node:" + id }
+func controllerKey(id string) string { return "controller:" + id }
+
+func (n *Network) startProc(key, label, logPath string, args []string, np *NodePlan) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.stopping {
 		return errors.New("network is stopped")
 	}
-	if p := n.procs[np.ID]; p != nil && p.running() {
-		return fmt.Errorf("node %s: agent is already running", np.ID)
+	if p := n.procs[key]; p != nil && p.running() {
+		return fmt.Errorf("%s: already running", label)
 	}
-	logf, err := os.OpenFile(np.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("node %s: %w", np.ID, err)
+		return fmt.Errorf("%s: %w", label, err)
 	}
-	fmt.Fprintf(logf, "%s%s: %s %s --config %s\n", startMarker, time.Now().Format(time.RFC3339),
-		n.opts.Executable, strings.Join(n.opts.Args, " "), np.ConfigPath)
+	fmt.Fprintf(logf, "%s%s: %s %s\n", startMarker, time.Now().Format(time.RFC3339), n.opts.Executable, strings.Join(args, " "))
 
-	args := append(slices.Clone(n.opts.Args), "--config", np.ConfigPath)
 	cmd := exec.Command(n.opts.Executable, args...)
 	cmd.Env = append(os.Environ(), n.opts.Env...)
 	cmd.SysProcAttr = childSysProcAttr()
 	var out io.Writer = logf
 	if n.opts.Verbose != nil {
-		out = io.MultiWriter(logf, &prefixWriter{prefix: "[" + np.ID + "] ", w: n.verbose})
+		tag := label
+		if np != nil {
+			tag = np.ID
+		}
+		out = io.MultiWriter(logf, &prefixWriter{prefix: "[" + tag + "] ", w: n.verbose})
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	// An agent's own children could hold the output pipe open; do not let
+	// A child's own children could hold the output pipe open; do not let
 	// that block Wait forever.
 	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("node %s: starting %s: %w", np.ID, n.opts.Executable, err)
+		return fmt.Errorf("%s: starting %s: %w", label, n.opts.Executable, err)
 	}
-	p := &proc{node: np, cmd: cmd, log: logf, exited: make(chan struct{})}
-	n.procs[np.ID] = p
-	n.opts.Logger.Info("agent started", "node", np.ID, "pid", cmd.Process.Pid, "log", np.LogPath)
+	p := &proc{label: label, logPath: logPath, node: np, cmd: cmd, log: logf, exited: make(chan struct{})}
+	n.procs[key] = p
+	n.opts.Logger.Info("process started", "what", label, "pid", cmd.Process.Pid, "log", logPath)
 	go n.watch(p)
 	return nil
 }
@@ -352,11 +415,11 @@ func (n *Network) watch(p *proc) {
 	unexpected := !p.expected && !n.stopping
 	n.mu.Unlock()
 	if !unexpected {
-		n.opts.Logger.Debug("agent exited", "node", p.node.ID, "status", exitStatus(err))
+		n.opts.Logger.Debug("process exited", "what", p.label, "status", exitStatus(err))
 		return
 	}
-	ne := &NodeError{Node: p.node.ID, Reason: "agent exited unexpectedly: " + exitStatus(err), LogPath: p.node.LogPath, LogTail: logTail(p.node.LogPath, 15)}
-	n.opts.Logger.Error("agent exited unexpectedly; stopping the network", "node", p.node.ID, "status", exitStatus(err), "log", p.node.LogPath)
+	ne := &NodeError{Node: p.id(), Reason: p.kind() + " exited unexpectedly: " + exitStatus(err), LogPath: p.logPath, LogTail: logTail(p.logPath, 15)}
+	n.opts.Logger.Error("process exited unexpectedly; stopping the network", "what", p.label, "status", exitStatus(err), "log", p.logPath)
 	n.mu.Lock()
 	if n.err == nil {
 		n.err = ne

@@ -107,9 +107,66 @@ func FreeBasePort(n int) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if portsInUse(names, ps) == nil {
+		cps, err := ControllerPortPlan(base, MaxControllers)
+		if err != nil {
+			return 0, err
+		}
+		if portsInUse(names, ps) == nil && controllerPortsInUse(make([]string, MaxControllers), cps) == nil {
 			return base, nil
 		}
 	}
 	return 0, fmt.Errorf("FreeBasePort: no free base port in [%d, %d)", lo, lo+span)
+}
+
+// ControllerPorts are the loopback ports of one controller replica.
+type ControllerPorts struct {
+	GRPC    int // gRPC API, mutual TLS
+	Raft    int // Raft transport, mutual TLS
+	Metrics int // Prometheus, plain HTTP
+}
+
+// The default ports of controller replica i: gRPC 7443+i, Raft 7543+i,
+// metrics 7643+i. With a base port P: P+3000+i, P+3100+i, P+3200+i.
+const (
+	DefaultControllerGRPCPort    = 7443
+	DefaultControllerRaftPort    = 7543
+	DefaultControllerMetricsPort = 7643
+	ControllerOffset             = 3000
+	MaxControllers               = 5
+)
+
+// ControllerPortPlan returns the ports of n controller replicas.
+func ControllerPortPlan(basePort, n int) ([]ControllerPorts, error) {
+	if n < 0 || n > MaxControllers {
+		return nil, fmt.Errorf("port plan: %d controller replicas (at most %d)", n, MaxControllers)
+	}
+	grpc, raft, metrics := DefaultControllerGRPCPort, DefaultControllerRaftPort, DefaultControllerMetricsPort
+	if basePort != 0 {
+		grpc, raft, metrics = basePort+ControllerOffset, basePort+ControllerOffset+100, basePort+ControllerOffset+200
+		if metrics+n-1 > 65535 {
+			return nil, fmt.Errorf("base port %d: too high for %d controller replicas", basePort, n)
+		}
+	}
+	ps := make([]ControllerPorts, n)
+	for i := range ps {
+		ps[i] = ControllerPorts{GRPC: grpc + i, Raft: raft + i, Metrics: metrics + i}
+	}
+	return ps, nil
+}
+
+// controllerPortsInUse is portsInUse for controller replicas.
+func controllerPortsInUse(ids []string, ps []ControllerPorts) error {
+	for i, p := range ps {
+		for _, c := range []struct {
+			role string
+			port int
+		}{{"gRPC", p.GRPC}, {"Raft", p.Raft}, {"metrics", p.Metrics}} {
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(c.port)))
+			if err != nil {
+				return fmt.Errorf("port %d (%s of controller %s) is in use; is another network running? choose another --base-port", c.port, c.role, ids[i])
+			}
+			ln.Close()
+		}
+	}
+	return nil
 }

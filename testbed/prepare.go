@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -41,6 +42,14 @@ type Options struct {
 	// Args come before "--config <agent.json>"; nil means ["agent"], which
 	// both qkdnet and qkd-agent accept.
 	Args []string
+	// Controllers is the number of controller replicas (1, 3 or 5) started
+	// as processes beside the agents; the agents then take their links,
+	// roles and key streams from the controller. 0 starts no controller and
+	// gives each agent a static topology (the runner's own tests use it).
+	Controllers int
+	// ControllerArgs come before the controller's flags; nil means
+	// ["controller"] (qkdnet's hidden command running one replica).
+	ControllerArgs []string
 	// Env is added to the environment of every agent.
 	Env []string
 	// Logger gets progress and failure reports; default discards them.
@@ -73,6 +82,14 @@ func (o *Options) defaults() error {
 	if o.Args == nil {
 		o.Args = []string{"agent"}
 	}
+	if o.ControllerArgs == nil {
+		o.ControllerArgs = []string{"controller"}
+	}
+	switch o.Controllers {
+	case 0, 1, 3, 5:
+	default:
+		return fmt.Errorf("controllers %d: want 1, 3 or 5 replicas", o.Controllers)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -91,6 +108,11 @@ type Plan struct {
 	StateDir string
 	Topology *Topology
 	Nodes    []NodePlan
+	// Controllers are the controller replicas (none without a controller).
+	Controllers []ControllerPlan
+	// Operator is the operator certificate the runner seeds the controller
+	// with (and qkdctl uses).
+	Operator pki.Files
 	// Endpoints is what endpoints.json will hold once the network serves,
 	// with paths relative to StateDir as in the file.
 	Endpoints Endpoints
@@ -105,6 +127,18 @@ type NodePlan struct {
 	ConfigPath string
 	LogPath    string
 	Config     agent.Config
+}
+
+// ControllerPlan is one controller replica.
+type ControllerPlan struct {
+	ID    string
+	Ports ControllerPorts
+	// Dir is <state>/controllers/<id>; it holds controller.log and raft/.
+	Dir     string
+	DataDir string
+	LogPath string
+	// Args are the replica's flags.
+	Args []string
 }
 
 // Node returns the plan of node id.
@@ -172,6 +206,47 @@ func prepare(opts *Options) (*Plan, error) {
 		plan.Endpoints.SAEs = append(plan.Endpoints.SAEs, SAEEntry{SAEID: s.ID, KMM: s.Node, Cert: rel(f.Cert), Key: rel(f.Key)})
 	}
 
+	var ctlAddrs []string
+	if opts.Controllers > 0 {
+		cports, err := ControllerPortPlan(opts.BasePort, opts.Controllers)
+		if err != nil {
+			return nil, err
+		}
+		of, err := ca.IssueOperator("admin")
+		if err != nil {
+			return nil, err
+		}
+		plan.Operator = of
+		plan.Endpoints.Operator = &CertEntry{Cert: rel(of.Cert), Key: rel(of.Key)}
+		for _, cp := range cports {
+			ctlAddrs = append(ctlAddrs, loopback(cp.GRPC))
+		}
+		for i, cp := range cports {
+			id := fmt.Sprintf("c%d", i+1)
+			f, err := ca.IssueController(id)
+			if err != nil {
+				return nil, err
+			}
+			dir := filepath.Join(state, "controllers", id)
+			c := ControllerPlan{ID: id, Ports: cp, Dir: dir, DataDir: filepath.Join(dir, "raft"), LogPath: filepath.Join(dir, "controller.log")}
+			if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+				return nil, fmt.Errorf("controller %s: %w", id, err)
+			}
+			c.Args = []string{"--id", id, "--grpc", loopback(cp.GRPC), "--raft", loopback(cp.Raft), "--metrics", loopback(cp.Metrics),
+				"--data-dir", c.DataDir, "--ca", ca.Files().Cert, "--cert", f.Cert, "--key", f.Key}
+			if i == 0 {
+				c.Args = append(c.Args, "--bootstrap")
+			} else {
+				// Join through every replica started before; the leader
+				// answers (the others point at it).
+				c.Args = append(c.Args, "--join", strings.Join(ctlAddrs[:i], ","))
+			}
+			plan.Controllers = append(plan.Controllers, c)
+			plan.Endpoints.Controllers = append(plan.Endpoints.Controllers, ControllerEntry{
+				ID: id, GRPC: loopback(cp.GRPC), Raft: loopback(cp.Raft), Metrics: "http://" + loopback(cp.Metrics) + "/metrics"})
+		}
+	}
+
 	kmm := top.KMM.Settings()
 	if opts.KeyRate > 0 && kmm.DefaultKeyRate == 0 {
 		kmm.DefaultKeyRate = int(math.Ceil(opts.KeyRate))
@@ -196,6 +271,8 @@ func prepare(opts *Options) (*Plan, error) {
 			if l.A != n.ID && l.B != n.ID {
 				continue
 			}
+			// With a controller the role comes from it; the link's master
+			// in the topology is what the runner asks the controller for.
 			al := agent.Link{ID: l.ID, Role: "slave", Driver: agent.DriverConfig{Kind: l.Driver}}
 			if l.Master == n.ID {
 				al.Role = "master"
@@ -227,6 +304,15 @@ func prepare(opts *Options) (*Plan, error) {
 			TLS:         agent.TLSFiles{CA: ca.Files().Cert, Cert: nf.Cert, Key: nf.Key},
 			KMM:         kmm,
 			Topology:    agent.Topology{Nodes: topoNodes, Links: links, SAEs: saes},
+		}
+		if opts.Controllers > 0 {
+			// The controller owns the network: the agent keeps only its
+			// QKD modules (drivers) and where the controller is.
+			for i := range links {
+				links[i].Role = ""
+			}
+			cfg.Controllers = ctlAddrs
+			cfg.Topology = agent.Topology{Links: links}
 		}
 		if err := cfg.Validate(); err != nil {
 			return nil, fmt.Errorf("node %s: generated agent config: %w", n.ID, err)

@@ -57,6 +57,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "agent":
 		// The child mode started by `up`; not listed in the usage.
 		return agentMain(args[1:], stderr)
+	case "controller":
+		// One controller replica, as started by `up`; not listed in the usage.
+		return controllerMain(args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/qkdnet/qkdnet/cmd/sae/saeapp"
+	"github.com/qkdnet/qkdnet/controller/daemon"
 	"github.com/qkdnet/qkdnet/testbed"
 )
 
@@ -24,15 +25,23 @@ func agentMain(args []string, stderr io.Writer) int {
 	return testbed.AgentMain("qkdnet agent", args, stderr)
 }
 
+func controllerMain(args []string, stderr io.Writer) int {
+	return daemon.Main("qkdnet controller", args, stderr)
+}
+
 func cmdUp(args []string, stdout, stderr io.Writer, demo bool) error {
 	name, synopsis, about := "up", "[flags]",
-		"Starts one agent process per node of the topology on loopback, each serving\n"+
-			"ETSI GS QKD 014 over HTTPS and gRPC with mutual TLS, writes\n"+
-			"<state-dir>/endpoints.json once all serve, and runs until Ctrl-C (SIGINT) or\n"+
-			"SIGTERM, when it stops the agents. Keys and certificates in the state dir\n"+
-			"survive restarts.\n\n"+
+		"Starts a Raft-replicated QKD SDN controller (--controllers replicas, one\n"+
+			"process each), writes the topology's nodes, links and SAEs into it, then\n"+
+			"starts one agent process per node on loopback, each serving ETSI GS QKD 014\n"+
+			"over HTTPS and gRPC with mutual TLS and running what the controller pushes.\n"+
+			"Writes <state-dir>/endpoints.json once all serve, and runs until Ctrl-C\n"+
+			"(SIGINT) or SIGTERM, when it stops everything. Keys, certificates and the\n"+
+			"controller's Raft log in the state dir survive restarts.\n\n"+
 			"Ports: node i (in topology order) serves REST on 8443+i, gRPC on 9443+i and\n"+
-			"metrics on 9100+i; with --base-port P on P+i, P+1000+i and P+2000+i."
+			"metrics on 9100+i; controller replica i serves gRPC on 7443+i, Raft on\n"+
+			"7543+i and metrics on 7643+i. With --base-port P: P+i, P+1000+i, P+2000+i\n"+
+			"and P+3000+i, P+3100+i, P+3200+i."
 	if demo {
 		name, about = "demo", "Starts the network as `qkdnet up` does, then has one SAE send another an\n"+
 			"AES-256-GCM encrypted message per interval, each under a fresh 256-bit key\n"+
@@ -44,6 +53,7 @@ func cmdUp(args []string, stdout, stderr io.Writer, demo bool) error {
 	topo := fs.String("topology", testbed.DefaultTopologyName, "topology YAML `file`, or an embedded one: "+strings.Join(testbed.EmbeddedTopologies(), ", "))
 	keyRate := fs.Float64("key-rate", 0, "override every emulated link's key `rate` in keys/s (0 keeps the topology's)")
 	basePort := fs.Int("base-port", 0, "move every `port`: REST P+i, gRPC P+1000+i, metrics P+2000+i (0: the default plan)")
+	controllers := fs.Int("controllers", 3, "controller `replicas`: 1, 3 or 5")
 	verbose := fs.Bool("verbose", false, "also copy every agent's log to stderr, prefixed with [node]")
 	readyTimeout := fs.Duration("ready-timeout", 60*time.Second, "how long to wait for all agents to serve")
 	var from, to *string
@@ -57,6 +67,9 @@ func cmdUp(args []string, stdout, stderr io.Writer, demo bool) error {
 	}
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *controllers != 1 && *controllers != 3 && *controllers != 5 {
+		return fmt.Errorf("--controllers %d: want 1, 3 or 5 replicas", *controllers)
 	}
 	if *keyRate < 0 {
 		return fmt.Errorf("--key-rate %v: must be positive (keys/s)", *keyRate)
@@ -94,6 +107,7 @@ func cmdUp(args []string, stdout, stderr io.Writer, demo bool) error {
 		Topology:     top,
 		BasePort:     *basePort,
 		KeyRate:      *keyRate,
+		Controllers:  *controllers,
 		Logger:       logger,
 		ReadyTimeout: *readyTimeout,
 	}
