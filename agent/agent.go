@@ -192,7 +192,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		defer cl.Close()
-		sb := &southbound{cfg: cfg, client: cl, ctl: ctl, kmm: k, store: store, drivers: drivers, logger: a.logger.With("part", "southbound")}
+		sb := &southbound{cfg: cfg, client: cl, ctl: ctl, kmm: k, store: store, drivers: drivers, logger: a.logger.With("part", "southbound"),
+			notes: make(chan *qkdv1.Notification, 64)}
+		drivers.onDown = func(link, why string) {
+			sb.notify(&qkdv1.Notification{Kind: "sdqkdn_link_down", Link: link, Status: "OFF", Severity: "MAJOR", Message: why})
+		}
 		ctl.open = sb.openApp
 		wg.Add(1)
 		go func() {

@@ -25,6 +25,8 @@ type driverSet struct {
 	peers  *peerConns
 	local  map[string]Link // this node's QKD modules, by link ID
 	logger *slog.Logger
+	// onDown, if set, hears of a link whose driver failed or was stopped.
+	onDown func(link, why string)
 
 	mu  sync.Mutex
 	run map[string]*runningDriver
@@ -102,6 +104,9 @@ func (ds *driverSet) keepRunning(ctx context.Context, link string, d driver.Driv
 			return
 		}
 		ds.logger.WarnContext(ctx, "QKD driver stopped; restarting", "link", link, "err", err, "in", backoff)
+		if ds.onDown != nil {
+			ds.onDown(link, fmt.Sprintf("QKD driver failed: %v", err))
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -126,6 +131,9 @@ func (ds *driverSet) stop(id string) {
 		ds.emu.Remove(rd.alice)
 	}
 	ds.logger.Info("QKD driver stopped", "link", id)
+	if ds.onDown != nil {
+		ds.onDown(id, "link disabled or removed by the controller")
+	}
 }
 
 // reconcile runs exactly the local drivers whose links the view enables.

@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +35,27 @@ type southbound struct {
 	store   *keystore.Store
 	drivers *driverSet
 	logger  *slog.Logger
+
+	// notes queues ETSI 015 notifications for the session (dropped when
+	// full: status reports carry the same facts a second later).
+	notes chan *qkdv1.Notification
+
+	mu       sync.Mutex // guards lastRate
+	lastRate rateSample
+}
+
+// rateSample is the supplied-keys counters at one time, for the key rate.
+type rateSample struct {
+	at       time.Time
+	supplied map[string]uint64
+}
+
+// notify queues a notification for the controller.
+func (s *southbound) notify(n *qkdv1.Notification) {
+	select {
+	case s.notes <- n:
+	default:
+	}
 }
 
 // openApp asks the controller for an application (kmm.Apps via controlled).
@@ -124,13 +148,17 @@ func (s *southbound) session(ctx context.Context, cc *grpc.ClientConn) error {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
+			var m *qkdv1.SessionRequest
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := send(&qkdv1.SessionRequest{Msg: &qkdv1.SessionRequest_Status{Status: s.status()}}); err != nil {
-					return
-				}
+				m = &qkdv1.SessionRequest{Msg: &qkdv1.SessionRequest_Status{Status: s.status()}}
+			case n := <-s.notes:
+				m = &qkdv1.SessionRequest{Msg: &qkdv1.SessionRequest_Notification{Notification: n}}
+			}
+			if err := send(m); err != nil {
+				return
 			}
 		}
 	}()
@@ -182,26 +210,55 @@ func (s *southbound) apply(ctx context.Context, p *qkdv1.SessionResponse) error 
 			return fmt.Errorf("key stream %s: %w", st.ID, err)
 		}
 	}
+	for key, a := range v.apps {
+		if _, had := cur.apps[key]; !had {
+			s.notify(&qkdv1.Notification{Kind: "sdqkdn_application_new", AppId: a.id, Link: a.link, Status: "ON",
+				Message: fmt.Sprintf("key stream %s -> %s", a.master, a.slave)})
+		}
+	}
 	s.ctl.set(v)
 	s.drivers.reconcile(ctx, v)
 	s.logger.Info("applied configuration", "version", v.version, "links", len(v.links), "applications", len(v.apps))
 	return nil
 }
 
-// status is the node's live state for the controller.
+// status is the node's live state for the controller: per link whether
+// its driver runs, the secret key rate over the last interval and the pool
+// level; per application the keys delivered and waiting.
 func (s *southbound) status() *qkdv1.NodeStatus {
 	v := s.ctl.view()
+	counters := s.store.Counters()
+	now := time.Now()
+	s.mu.Lock()
+	prev := s.lastRate
+	s.lastRate = rateSample{at: now, supplied: map[string]uint64{}}
 	out := &qkdv1.NodeStatus{}
 	running := s.drivers.running()
-	for name := range v.links {
-		ls := &qkdv1.LinkStatus{Link: name, Status: "OFF", PoolKeys: uint64(s.store.PoolCount(name))}
+	for _, name := range sortedNames(v.links) {
+		l := v.links[name]
+		supplied := counters["link/"+name+"/supplied"]
+		s.lastRate.supplied[name] = supplied
+		ls := &qkdv1.LinkStatus{Link: name, Status: "OFF", PoolKeys: uint64(s.store.PoolCount(name)), KeysSupplied: supplied}
 		if running[name] {
 			ls.Status = "ACTIVE"
 		}
+		if dt := now.Sub(prev.at).Seconds(); prev.supplied != nil && dt > 0 && supplied >= prev.supplied[name] {
+			ls.Skr = uint64(float64(supplied-prev.supplied[name]) * float64(8*l.KeyBytes) / dt)
+		}
 		out.Links = append(out.Links, ls)
 	}
-	for _, a := range v.apps {
-		out.Applications = append(out.Applications, &qkdv1.ApplicationStatus{AppId: a.id, Status: "ON"})
+	s.mu.Unlock()
+	apps := slices.SortedFunc(maps.Values(v.apps), func(a, b appView) int { return cmp.Compare(a.id, b.id) })
+	for _, a := range apps {
+		id := kmm.StreamID(a.master, a.slave)
+		delivered := counters["stream/"+id+"/delivered_enc"]
+		if v.saes[a.slave] == s.cfg.Node {
+			delivered = counters["stream/"+id+"/delivered_dec"]
+		}
+		out.Applications = append(out.Applications, &qkdv1.ApplicationStatus{AppId: a.id, Status: "ON",
+			KeysDelivered: delivered, KeysAvailable: uint64(s.store.StreamCount(id))})
 	}
 	return out
 }
+
+func sortedNames[K cmp.Ordered, V any](m map[K]V) []K { return slices.Sorted(maps.Keys(m)) }

@@ -24,8 +24,11 @@ type view struct {
 	saes    map[string]string // SAE_ID -> node
 	kmes    map[string]string // node -> KME_ID
 	addrs   map[string]string // node -> agent gRPC address
-	apps    map[[2]string]appView
+	apps    map[appKey]appView
 }
+
+// appKey is the (master SAE, slave SAE) pair of an application.
+type appKey struct{ master, slave string }
 
 // appView is one application that ends at this node.
 type appView struct {
@@ -40,7 +43,7 @@ type appView struct {
 
 func emptyView(node string) *view {
 	return &view{node: node, links: map[string]kmm.Link{}, byPeer: map[string]kmm.Link{}, enabled: map[string]bool{},
-		saes: map[string]string{}, kmes: map[string]string{}, addrs: map[string]string{}, apps: map[[2]string]appView{}}
+		saes: map[string]string{}, kmes: map[string]string{}, addrs: map[string]string{}, apps: map[appKey]appView{}}
 }
 
 // viewOf reads a pushed configuration. It refuses one meant for another node.
@@ -106,7 +109,7 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 				v.saes[sae] = remote
 			}
 		}
-		v.apps[[2]string{master, slave}] = a
+		v.apps[appKey{master, slave}] = a
 	}
 	return v, nil
 }
@@ -179,7 +182,7 @@ var errNoController = errors.New("no controller configured")
 // Open implements kmm.Apps: the application is in the configuration, or the
 // controller is asked for it and the push that carries it is awaited.
 func (c *controlled) Open(ctx context.Context, master, slave string) error {
-	key := [2]string{master, slave}
+	key := appKey{master, slave}
 	v, changed := c.watch()
 	if _, ok := v.apps[key]; ok {
 		return nil
