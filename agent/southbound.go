@@ -89,21 +89,23 @@ func (s *southbound) register(ctx context.Context) error {
 
 // run registers, then keeps a session with the leader until ctx is done.
 func (s *southbound) run(ctx context.Context) {
-	backoff := 100 * time.Millisecond
+	regBackoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		if err := s.register(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			s.logger.Warn("could not register with the controller; retrying", "err", err, "in", backoff)
-			sleep(ctx, backoff)
-			backoff = min(2*backoff, 5*time.Second)
+			s.logger.Warn("could not register with the controller; retrying", "err", err, "in", regBackoff)
+			sleep(ctx, regBackoff)
+			regBackoff = min(2*regBackoff, 5*time.Second)
 			continue
 		}
 		s.logger.Info("registered with the controller", "leader", s.client.Leader())
 		break
 	}
-	backoff = 100 * time.Millisecond
+	// A session that ran a while ended because its leader went away: look
+	// for the new one at once. Sessions that keep failing fast back off.
+	backoff := time.Duration(0)
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := s.client.Stream(ctx, s.session)
@@ -111,11 +113,11 @@ func (s *southbound) run(ctx context.Context) {
 			return
 		}
 		if time.Since(start) > 5*time.Second {
-			backoff = 100 * time.Millisecond
+			backoff = 0
 		}
 		s.logger.Info("controller session ended; reconnecting", "err", err, "in", backoff)
 		sleep(ctx, backoff)
-		backoff = min(2*backoff, 2*time.Second)
+		backoff = min(max(2*backoff, 50*time.Millisecond), time.Second)
 	}
 }
 

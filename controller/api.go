@@ -116,7 +116,21 @@ func (a *networkAPI) GetNetwork(ctx context.Context, _ *qkdv1.GetNetworkRequest)
 	if _, err := callerOf(ctx, pki.KindOperator, pki.KindController); err != nil {
 		return nil, err
 	}
+	if err := a.c.verifyLeader(); err != nil {
+		return nil, err
+	}
 	return a.c.Network(), nil
+}
+
+// verifyLeader makes reads come from the leader, which alone has every
+// committed write applied and the agents' live reports; a follower (or a
+// restarted replica still replaying its log) answers NOT_LEADER instead of
+// a stale view.
+func (c *Controller) verifyLeader() error {
+	if c.raft.State() != raft.Leader || c.raft.VerifyLeader().Error() != nil {
+		return c.notLeader()
+	}
+	return nil
 }
 
 // Network is the whole network: the replicated state, and the agents' live
@@ -185,6 +199,9 @@ func (a *networkAPI) GetNodeConfig(ctx context.Context, req *qkdv1.GetNodeConfig
 	}
 	if id.Kind == pki.KindNode && id.ID != req.GetNode() {
 		return nil, status.Errorf(codes.PermissionDenied, "node %s may read only its own configuration", id.ID)
+	}
+	if err := a.c.verifyLeader(); err != nil {
+		return nil, err
 	}
 	var (
 		out  = &qkdv1.GetNodeConfigResponse{}

@@ -46,22 +46,34 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// up starts a network of its own in a temp state dir on free ports.
+// up starts a network of its own, with a 3-replica controller, in a temp
+// state dir on free ports.
 func up(t *testing.T, keyRate float64) *testbed.Network {
+	return upWith(t, testbed.Options{KeyRate: keyRate})
+}
+
+func upWith(t testing.TB, o testbed.Options) *testbed.Network {
 	t.Helper()
-	base, err := testbed.FreeBasePort(2)
+	nodes := 2
+	if o.Topology != nil {
+		nodes = len(o.Topology.Nodes)
+	}
+	base, err := testbed.FreeBasePort(nodes)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	n, err := testbed.Up(ctx, testbed.Options{
-		StateDir:   t.TempDir(),
-		BasePort:   base,
-		KeyRate:    keyRate,
-		Executable: qkdnetBin,
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	o.StateDir = t.TempDir()
+	o.BasePort = base
+	o.Executable = qkdnetBin
+	if o.Controllers == 0 {
+		o.Controllers = 3
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	n, err := testbed.Up(ctx, o)
 	if err != nil {
 		t.Fatalf("testbed up: %v", err)
 	}

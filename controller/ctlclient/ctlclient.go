@@ -185,7 +185,9 @@ func (c *Client) do(ctx context.Context, attempt time.Duration, fn func(ctx cont
 			return fmt.Errorf("controller: %w (last error: %v)", ctx.Err(), last)
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, time.Second)
+		// A LAN election takes a few hundred milliseconds; poll often
+		// enough to find the new leader soon after.
+		backoff = min(2*backoff, 200*time.Millisecond)
 	}
 }
 

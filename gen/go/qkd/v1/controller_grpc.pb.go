@@ -427,8 +427,9 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// NetworkService is the operators' view of the network (qkdctl). Reads are
-// answered by any replica from its applied state; writes go to the leader.
+// NetworkService is the operators' view of the network (qkdctl). Reads and
+// writes are answered by the leader (a follower answers NOT_LEADER), so an
+// operator never sees a replica's stale or half-replayed state.
 type NetworkServiceClient interface {
 	// GetNetwork lists nodes, links, SAEs and applications.
 	GetNetwork(ctx context.Context, in *GetNetworkRequest, opts ...grpc.CallOption) (*GetNetworkResponse, error)
@@ -553,8 +554,9 @@ func (c *networkServiceClient) RemoveApplication(ctx context.Context, in *Remove
 // All implementations must embed UnimplementedNetworkServiceServer
 // for forward compatibility.
 //
-// NetworkService is the operators' view of the network (qkdctl). Reads are
-// answered by any replica from its applied state; writes go to the leader.
+// NetworkService is the operators' view of the network (qkdctl). Reads and
+// writes are answered by the leader (a follower answers NOT_LEADER), so an
+// operator never sees a replica's stale or half-replayed state.
 type NetworkServiceServer interface {
 	// GetNetwork lists nodes, links, SAEs and applications.
 	GetNetwork(context.Context, *GetNetworkRequest) (*GetNetworkResponse, error)
