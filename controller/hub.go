@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"maps"
 	"slices"
@@ -30,9 +29,11 @@ type session struct {
 	mailbox chan *qkdv1.SessionResponse
 	closed  chan struct{}
 	once    sync.Once
-	// lastDoc is the last configuration queued, rendered without version,
-	// so unchanged nodes get no push.
-	lastDoc []byte
+	// sent is true once the session got a configuration; at is the
+	// ChangedAt of the node when it was rendered, so unchanged nodes get no
+	// push.
+	sent bool
+	at   uint64
 }
 
 func (s *session) close() { s.once.Do(func() { close(s.closed) }) }
@@ -174,22 +175,21 @@ func (c *Controller) pushLoop(ctx context.Context) {
 func (c *Controller) pushTo(sessions []*session) {
 	c.fsm.Read(func(s *state.State) {
 		for _, sess := range sessions {
-			plain, err := s.Render(sess.node, 0)
-			if err != nil {
-				// The node is not (or no longer) in the state: nothing to run.
-				plain = nil
-			}
-			if sess.lastDoc != nil && bytes.Equal(plain, sess.lastDoc) {
+			at := s.ChangedAt(sess.node)
+			if sess.sent && at <= sess.at {
 				continue
 			}
-			sess.lastDoc = plain
 			p := &qkdv1.SessionResponse{ConfigVersion: s.Index()}
-			if plain != nil {
+			if _, ok := s.Node(sess.node); ok {
+				var err error
 				if p.QkdNode, err = s.Render(sess.node, s.Index()); err != nil {
 					c.logger.Error("render configuration", "node", sess.node, "err", err)
 					continue
 				}
 			}
+			// A node not (or no longer) in the state gets an empty
+			// configuration: nothing to run.
+			sess.sent, sess.at = true, at
 			sess.offer(p)
 		}
 	})

@@ -154,6 +154,11 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 	if master == slave {
 		return nil, status.Errorf(codes.InvalidArgument, "master and slave SAE are both %s", master)
 	}
+	// Only the leader has every committed write applied; a follower would
+	// answer "unknown SAE" for one just added.
+	if err := s.c.verifyLeader(); err != nil {
+		return nil, err
+	}
 	appID := qkd015.AppID(master, slave)
 	var (
 		existing   state.AppInfo

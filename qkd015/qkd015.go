@@ -126,16 +126,28 @@ func Marshal(n *Node) ([]byte, error) {
 	if err := Validate(n); err != nil {
 		return nil, err
 	}
-	return emit(n)
+	return emit(n, nil)
 }
 
+// Encode is Marshal without the validation, for trees that are valid by
+// construction (the controller's state validates every entry it adds):
+// validating a whole tree costs far more than encoding it.
+func Encode(n *Node) ([]byte, error) { return emit(n, nil) }
+
+// EncodeEdited is Encode of n as edit changes it, without changing n: edit
+// works on the copy Encode makes anyway.
+func EncodeEdited(n *Node, edit func(*Node)) ([]byte, error) { return emit(n, edit) }
+
 // emit is Marshal without validation.
-func emit(n *Node) ([]byte, error) {
+func emit(n *Node, edit func(*Node)) ([]byte, error) {
 	cp, err := ygot.DeepCopy(n)
 	if err != nil {
 		return nil, fmt.Errorf("qkd015: copy: %w", err)
 	}
 	c := cp.(*Node)
+	if edit != nil {
+		edit(c)
+	}
 	sortLeafLists(reflect.ValueOf(c))
 	tree, err := ygot.ConstructIETFJSON(&etsi015.Device{QkdNode: c}, &ygot.RFC7951JSONConfig{AppendModuleName: true})
 	if err != nil {
@@ -249,8 +261,8 @@ func Equal(a, b *Node) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	x, errA := emit(a)
-	y, errB := emit(b)
+	x, errA := emit(a, nil)
+	y, errB := emit(b, nil)
 	if errA != nil || errB != nil {
 		// Trees ygot cannot render (an enumerated value out of range):
 		// compare them as Go values.

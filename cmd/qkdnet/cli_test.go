@@ -50,6 +50,15 @@ func TestPKICommands(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "qkd://sae/SAE_A") {
 		t.Errorf("show: %d %q", code, out)
 	}
+	for _, k := range []struct{ sub, id, file string }{{"controller", "c1", "controller_c1.pem"}, {"operator", "ops", "operator_ops.pem"}} {
+		if code, _, stderr = runCLI("pki", k.sub, "--dir", dir, "--id", k.id); code != 0 {
+			t.Fatalf("%s: %d %q", k.sub, code, stderr)
+		}
+		code, out, _ = runCLI("pki", "show", filepath.Join(dir, k.file))
+		if code != 0 || !strings.Contains(out, "qkd://"+k.sub+"/"+k.id) {
+			t.Errorf("show %s: %d %q", k.file, code, out)
+		}
+	}
 
 	// Bad input: one line naming the problem, exit status 1 or 2, no panic.
 	for _, tc := range []struct {

@@ -24,6 +24,8 @@ Commands:
   init    create the CA (ca.pem, ca-key.pem)
   node    issue a node certificate (node_<id>.pem, node_<id>-key.pem)
   sae     issue an SAE certificate (sae_<id>.pem, sae_<id>-key.pem)
+  controller  issue a controller replica certificate (controller_<id>.pem, ...)
+  operator    issue an operator certificate for qkdctl (operator_<id>.pem, ...)
   show    print the identity, issuer, names and validity of a certificate file
 
 Run 'qkdnet pki <command> --help' for its flags.
@@ -80,18 +82,24 @@ func pkiCommand(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "CA: %s (key %s), valid until %s\n", ca.Files().Cert, ca.Files().Key, ca.Cert.NotAfter.Format(time.DateOnly))
 		return nil
-	case "node", "sae":
+	case "node", "sae", "controller", "operator":
 		about := "Issues the certificate of node ID (URI SAN qkd://node/ID, DNS localhost,\nIPs 127.0.0.1, ::1 and --ip), signed by the CA in DIR."
 		synopsis := "--id ID [--ip IP,...] [--dir DIR]"
-		if sub == "sae" {
+		switch sub {
+		case "sae":
 			about = "Issues the certificate of SAE ID (URI SAN qkd://sae/ID, TLS client), signed\nby the CA in DIR."
 			synopsis = "--id SAE_ID [--dir DIR]"
+		case "controller":
+			about = "Issues the certificate of controller replica ID (URI SAN qkd://controller/ID,\nTLS server and client, DNS localhost, IPs 127.0.0.1, ::1 and --ip)."
+		case "operator":
+			about = "Issues the certificate of operator ID (URI SAN qkd://operator/ID, TLS client):\nit may manage the network through the controller, never fetch keys."
+			synopsis = "--id ID [--dir DIR]"
 		}
 		fs := newFlags("pki "+sub, synopsis, about, stderr)
 		dir := fs.String("dir", defaultDir, "PKI `directory` holding the CA")
 		id := fs.String("id", "", "node ID or SAE_ID")
 		var ips ipList
-		if sub == "node" {
+		if sub == "node" || sub == "controller" {
 			fs.Var(&ips, "ip", "extra IP `address`es for the certificate (repeatable, or comma-separated)")
 		}
 		if err := parse(fs, args); err != nil {
@@ -106,9 +114,14 @@ func pkiCommand(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		var f pki.Files
-		if sub == "node" {
+		switch sub {
+		case "node":
 			f, err = ca.IssueNode(*id, ips...)
-		} else {
+		case "controller":
+			f, err = ca.IssueController(*id, ips...)
+		case "operator":
+			f, err = ca.IssueOperator(*id)
+		default:
 			f, err = ca.IssueSAE(*id)
 		}
 		if err != nil {
@@ -149,7 +162,7 @@ func pkiCommand(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, pkiUsage)
 		return nil
 	default:
-		fmt.Fprintf(stderr, "qkdnet pki: unknown command %q (want init, node, sae or show)\n", sub)
+		fmt.Fprintf(stderr, "qkdnet pki: unknown command %q (want init, node, sae, controller, operator or show)\n", sub)
 		return errUsage
 	}
 }

@@ -57,6 +57,8 @@ type Config struct {
 	Timeouts Timeouts
 	// SnapshotThreshold is how many log entries trigger a snapshot.
 	SnapshotThreshold uint64
+	// LogOutput gets Raft's own log lines (JSON); default stderr.
+	LogOutput io.Writer
 }
 
 // Parts are the pluggable pieces of a replica; tests use raft's in-memory
@@ -171,10 +173,14 @@ func (r *Replica) Close() error {
 // hclogger routes Raft's logs, which use hclog, to JSON lines on stderr at
 // Info, the same shape as the rest of the controller's slog output.
 func hclogger(cfg Config) hclog.Logger {
+	out := cfg.LogOutput
+	if out == nil {
+		out = os.Stderr
+	}
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       "raft",
 		Level:      hclog.Info,
 		JSONFormat: true,
-		Output:     os.Stderr,
+		Output:     out,
 	}).With("replica", cfg.ID)
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -129,7 +130,8 @@ func (c *Cluster) start(i int, bootstrap bool) {
 	}
 	r.GRPC = ln.Addr().String()
 	r.FSM = controller.NewFSM()
-	rep, err := cluster.Start(cluster.Config{ID: r.ID, Bootstrap: bootstrap, Voters: c.voters, Timeouts: cluster.LAN, SnapshotThreshold: c.snapshotThreshold}, r.FSM, r.parts)
+	rep, err := cluster.Start(cluster.Config{ID: r.ID, Bootstrap: bootstrap, Voters: c.voters, Timeouts: cluster.LAN,
+		SnapshotThreshold: c.snapshotThreshold, LogOutput: io.Discard}, r.FSM, r.parts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,6 @@
 package state
 
 import (
-	"fmt"
-
 	"github.com/openconfig/ygot/ygot"
 
 	"github.com/qkdnet/qkdnet/qkd015"
@@ -17,21 +15,17 @@ func (s *State) Render(name string, version uint64) ([]byte, error) {
 	if !ok {
 		return nil, notFound("node %q", name)
 	}
-	cp, err := ygot.DeepCopy(t)
-	if err != nil {
-		return nil, fmt.Errorf("state: copy node %s: %w", name, err)
-	}
-	out := cp.(*qkd015.Node)
-	out.ConfigVersion = ygot.Uint64(version)
-	for _, ql := range qkd015.Links(out) {
-		remote, ok := s.byID[ql.GetQkdlRemote().GetQkdnId()]
-		if !ok {
-			continue
+	return qkd015.EncodeEdited(t, func(out *qkd015.Node) {
+		out.ConfigVersion = ygot.Uint64(version)
+		for _, ql := range qkd015.Links(out) {
+			remote, ok := s.byID[ql.GetQkdlRemote().GetQkdnId()]
+			if !ok {
+				continue
+			}
+			rt := s.nodes[remote]
+			ql.RemoteNodeName = ygot.String(remote)
+			ql.RemoteKmeId = rt.KmeId
+			ql.RemoteAgentAddress = rt.AgentAddress
 		}
-		rt := s.nodes[remote]
-		ql.RemoteNodeName = ygot.String(remote)
-		ql.RemoteKmeId = rt.KmeId
-		ql.RemoteAgentAddress = rt.AgentAddress
-	}
-	return qkd015.Marshal(out)
+	})
 }

@@ -24,7 +24,7 @@ type snapshot struct {
 func (s *State) Snapshot() ([]byte, error) {
 	snap := snapshot{Index: s.index, Members: s.members, Nodes: map[string]json.RawMessage{}}
 	for name, t := range s.nodes {
-		b, err := qkd015.Marshal(t)
+		b, err := qkd015.Encode(t)
 		if err != nil {
 			return nil, fmt.Errorf("state: snapshot node %s: %w", name, err)
 		}
@@ -51,6 +51,7 @@ func Restore(b []byte) (*State, error) {
 		}
 		s.nodes[name] = t
 		s.byID[t.GetQkdnId()] = name
+		s.touched[name] = s.index
 	}
 	s.reindex()
 	return s, nil

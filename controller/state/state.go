@@ -69,6 +69,9 @@ type State struct {
 	saes    map[string]string       // SAE_ID -> node name
 	apps    map[string]*AppInfo     // by app_id
 	members map[string]Member
+	// touched is the index of the last command that changed what Render
+	// gives for a node, so the pusher renders only those.
+	touched map[string]uint64
 }
 
 // New returns an empty state.
@@ -80,8 +83,22 @@ func New() *State {
 		saes:    map[string]string{},
 		apps:    map[string]*AppInfo{},
 		members: map[string]Member{},
+		touched: map[string]uint64{},
 	}
 }
+
+// touch records that the command being applied changes the rendered
+// configuration of the nodes.
+func (s *State) touch(nodes ...string) {
+	for _, n := range nodes {
+		s.touched[n] = s.index
+	}
+}
+
+// ChangedAt is the index of the last command that changed the node's
+// rendered configuration: 0 if none since the state was created; a restore
+// touches every node. It is bookkeeping for the pusher, not replicated state.
+func (s *State) ChangedAt(node string) uint64 { return s.touched[node] }
 
 // Index is the Raft index of the last command applied.
 func (s *State) Index() uint64 { return s.index }
@@ -135,34 +152,6 @@ func (s *State) Apply(index uint64, c Command) (any, error) {
 	return nil, invalid("unknown operation %q", c.Op)
 }
 
-// change runs f on deep copies of the named nodes' trees and keeps the
-// copies only if f succeeds and every changed tree validates against the
-// YANG schema: a command is all or nothing.
-func (s *State) change(names []string, f func(trees map[string]*qkd015.Node) error) error {
-	trees := make(map[string]*qkd015.Node, len(names))
-	for _, n := range names {
-		t, ok := s.nodes[n]
-		if !ok {
-			return notFound("node %q", n)
-		}
-		cp, err := ygot.DeepCopy(t)
-		if err != nil {
-			return fmt.Errorf("state: copy node %s: %w", n, err)
-		}
-		trees[n] = cp.(*qkd015.Node)
-	}
-	if err := f(trees); err != nil {
-		return err
-	}
-	for _, n := range slices.Sorted(maps.Keys(trees)) {
-		if err := qkd015.Validate(trees[n]); err != nil {
-			return invalid("node %s: %v", n, err)
-		}
-	}
-	maps.Copy(s.nodes, trees)
-	return nil
-}
-
 func validName(kind, name string) error {
 	if err := pki.ValidID(name); err != nil {
 		return invalid("%s %v", kind, err)
@@ -174,35 +163,37 @@ func (s *State) putNode(n NodeSpec, register bool) error {
 	if err := validName("node", n.Name); err != nil {
 		return err
 	}
-	t, ok := s.nodes[n.Name]
+	if n.KMEID != "" {
+		if err := validName("KME_ID", n.KMEID); err != nil {
+			return err
+		}
+	}
+	// Work on a copy (or a new tree) and keep it only if it validates: a
+	// refused registration leaves no half-made node behind.
+	have, ok := s.nodes[n.Name]
 	if ok && !register {
 		return exists("node %s", n.Name)
 	}
-	if !ok {
-		t = &qkd015.Node{}
-		t.QkdnId = ygot.String(qkd015.NodeID(n.Name))
-		t.NodeName = ygot.String(n.Name)
-		t.QkdnStatus = etsi015.EtsiQkdNodeTypes_QkdnStatusTypes_NEW
-		if err := qkd015.Validate(t); err != nil {
-			return invalid("node %s: %v", n.Name, err)
+	var t *qkd015.Node
+	if ok {
+		cp, err := ygot.DeepCopy(have)
+		if err != nil {
+			return fmt.Errorf("state: copy node %s: %w", n.Name, err)
 		}
-		s.nodes[n.Name] = t
-		s.byID[t.GetQkdnId()] = n.Name
+		t = cp.(*qkd015.Node)
+	} else {
+		t = &qkd015.Node{QkdnId: ygot.String(qkd015.NodeID(n.Name)), NodeName: ygot.String(n.Name), QkdnStatus: qkd015.NodeNew}
 	}
-	return s.change([]string{n.Name}, func(trees map[string]*qkd015.Node) error {
-		t := trees[n.Name]
-		if n.KMEID != "" {
-			t.KmeId = ygot.String(n.KMEID)
-		} else if t.KmeId == nil {
-			t.KmeId = ygot.String("KME_" + n.Name)
-		}
-		if n.Location != "" {
-			t.QkdnLocationId = ygot.String(n.Location)
-		}
-		if !register {
-			return nil
-		}
-		t.QkdnStatus = etsi015.EtsiQkdNodeTypes_QkdnStatusTypes_OPERATING
+	if n.KMEID != "" {
+		t.KmeId = ygot.String(n.KMEID)
+	} else if t.KmeId == nil {
+		t.KmeId = ygot.String("KME_" + n.Name)
+	}
+	if n.Location != "" {
+		t.QkdnLocationId = ygot.String(n.Location)
+	}
+	if register {
+		t.QkdnStatus = qkd015.NodeOperating
 		if n.AgentAddress != "" {
 			t.AgentAddress = ygot.String(n.AgentAddress)
 		}
@@ -214,37 +205,59 @@ func (s *State) putNode(n NodeSpec, register bool) error {
 		c.ApplicationStatsSupport = ygot.Bool(n.Capabilities.AppStats)
 		c.KeyRelayModeEnable = ygot.Bool(n.Capabilities.KeyRelay)
 		for _, in := range n.Interfaces {
-			if err := putInterface(t, in); err != nil {
+			it, err := interfaceEntry(t, in)
+			if err != nil {
 				return err
 			}
+			t.GetOrCreateQkdInterfaces().GetOrCreateQkdInterfaceMap()[it.GetQkdiId()] = it
 		}
-		return nil
-	})
+	}
+	if err := qkd015.Validate(t); err != nil {
+		return invalid("node %s: %v", n.Name, err)
+	}
+	s.nodes[n.Name] = t
+	s.byID[t.GetQkdnId()] = n.Name
+	// The node's name, KME_ID and address appear in its peers' links.
+	s.touch(n.Name)
+	for _, l := range s.links {
+		if l.A == n.Name || l.B == n.Name {
+			s.touch(l.Other(n.Name))
+		}
+	}
+	return nil
 }
 
-// putInterface records a QKD module of the node. A module serving a link
-// is matched by the link's name (its attachment point device); one without
-// an ID gets the lowest free one.
-func putInterface(t *qkd015.Node, in Interface) error {
-	ifs := t.GetOrCreateQkdInterfaces()
-	var it *iface
+// interfaceEntry returns the node's qkd_interface entry for a QKD module as
+// it should be, detached from the tree: a copy of the existing one (matched
+// by the link's name, its attachment point device, or by ID) updated, or a
+// new one with the lowest free ID.
+func interfaceEntry(t *qkd015.Node, in Interface) (*iface, error) {
+	ifs := qkd015.Interfaces(t)
+	var have *iface
 	if in.Link != "" {
-		for _, id := range slices.Sorted(maps.Keys(ifs.QkdInterface)) {
-			if x := ifs.QkdInterface[id]; x.GetQkdiAttPoint().GetDevice() == in.Link {
-				it = x
+		for _, id := range slices.Sorted(maps.Keys(ifs)) {
+			if x := ifs[id]; x.GetQkdiAttPoint().GetDevice() == in.Link {
+				have = x
 				break
 			}
 		}
 	}
-	if it == nil && in.ID != 0 {
-		it = ifs.GetQkdInterface(in.ID)
+	if have == nil && in.ID != 0 {
+		have = ifs[in.ID]
 	}
-	if it == nil {
-		id := in.ID
-		if id == 0 || ifs.GetQkdInterface(id) != nil {
-			id = freeInterfaceID(ifs.QkdInterface)
+	var it *iface
+	if have != nil {
+		cp, err := ygot.DeepCopy(have)
+		if err != nil {
+			return nil, fmt.Errorf("state: copy interface: %w", err)
 		}
-		it = ifs.GetOrCreateQkdInterface(id)
+		it = cp.(*iface)
+	} else {
+		id := in.ID
+		if id == 0 || ifs[id] != nil {
+			id = freeInterfaceID(ifs)
+		}
+		it = &iface{QkdiId: ygot.Uint32(id)}
 	}
 	if in.Link != "" {
 		it.GetOrCreateQkdiAttPoint().Device = ygot.String(in.Link)
@@ -255,11 +268,14 @@ func putInterface(t *qkd015.Node, in Interface) error {
 	if in.Technology != "" {
 		tech, err := technology(in.Technology)
 		if err != nil {
-			return invalid("interface of link %s: %v", in.Link, err)
+			return nil, invalid("interface of link %s: %v", in.Link, err)
 		}
 		it.QkdiType = tech
 	}
-	return nil
+	if err := it.Validate(); err != nil {
+		return nil, invalid("interface of link %s: %v", in.Link, err)
+	}
+	return it, nil
 }
 
 func freeInterfaceID(m map[uint32]*iface) uint32 {
@@ -287,6 +303,7 @@ func (s *State) removeNode(name string) error {
 	id := s.nodes[name].GetQkdnId()
 	delete(s.nodes, name)
 	delete(s.byID, id)
+	s.touch(name)
 	return nil
 }
 
@@ -305,7 +322,7 @@ func (s *State) addLink(l LinkSpec) error {
 			return notFound("link %s: node %q", l.Name, n)
 		}
 	}
-	for _, o := range s.sortedLinks() {
+	for _, o := range s.links {
 		if (o.A == l.A && o.B == l.B) || (o.A == l.B && o.B == l.A) {
 			return exists("link %s: nodes %s and %s are already joined by link %s", l.Name, l.A, l.B, o.Name)
 		}
@@ -329,45 +346,47 @@ func (s *State) addLink(l LinkSpec) error {
 		return invalid("link %s: %v", l.Name, err)
 	}
 	id := qkd015.LinkID(l.Name)
-	err := s.change([]string{l.A, l.B}, func(trees map[string]*qkd015.Node) error {
-		for _, end := range []string{l.A, l.B} {
-			t := trees[end]
-			other := l.B
-			if end == l.B {
-				other = l.A
-			}
-			if err := putInterface(t, Interface{Link: l.Name, Technology: l.Technology}); err != nil {
-				return err
-			}
-			ql, err := t.GetOrCreateQkdLinks().NewQkdLink(id)
-			if err != nil {
-				return exists("link %s: %v", l.Name, err)
-			}
-			ql.LinkName = ygot.String(l.Name)
-			ql.QkdlType = etsi015.EtsiQkdNodeTypes_QkdLinkTypes_PHYS
-			ql.QkdlEnable = ygot.Bool(!l.Disabled)
-			ql.KeySize = ygot.Uint32(l.KeySize)
-			ql.GetOrCreateQkdlLocal().QkdnId = t.QkdnId
-			ql.GetOrCreateQkdlLocal().QkdiId = ygot.Uint32(interfaceOf(t, l.Name))
-			ql.GetOrCreateQkdlRemote().QkdnId = ygot.String(qkd015.NodeID(other))
-			ql.KmmRole = etsi015.QkdnetSdnExt_KmmRole_SLAVE
-			if end == l.Master {
-				ql.KmmRole = etsi015.QkdnetSdnExt_KmmRole_MASTER
-			}
-		}
-		// Each end's qkdl_remote names the other end's interface.
-		for _, end := range []string{l.A, l.B} {
-			other := l.B
-			if end == l.B {
-				other = l.A
-			}
-			trees[end].GetQkdLinks().GetQkdLink(id).GetOrCreateQkdlRemote().QkdiId = ygot.Uint32(interfaceOf(trees[other], l.Name))
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+	// Build and check both ends' entries first; attach them only when all
+	// are valid, so a refused link changes nothing.
+	type end struct {
+		node  string
+		iface *iface
+		link  *qkd015.Link
 	}
+	var ends []end
+	for _, node := range []string{l.A, l.B} {
+		t := s.nodes[node]
+		if qkd015.Links(t)[id] != nil {
+			return exists("link %s at node %s", l.Name, node)
+		}
+		it, err := interfaceEntry(t, Interface{Link: l.Name, Technology: l.Technology})
+		if err != nil {
+			return err
+		}
+		ends = append(ends, end{node: node, iface: it})
+	}
+	for i, e := range ends {
+		other := ends[1-i]
+		ql := &qkd015.Link{QkdlId: ygot.String(id), LinkName: ygot.String(l.Name), QkdlType: qkd015.LinkPhys,
+			QkdlEnable: ygot.Bool(!l.Disabled), KeySize: ygot.Uint32(l.KeySize), KmmRole: qkd015.RoleSlave}
+		if e.node == l.Master {
+			ql.KmmRole = qkd015.RoleMaster
+		}
+		ql.GetOrCreateQkdlLocal().QkdnId = s.nodes[e.node].QkdnId
+		ql.GetOrCreateQkdlLocal().QkdiId = e.iface.QkdiId
+		ql.GetOrCreateQkdlRemote().QkdnId = ygot.String(qkd015.NodeID(other.node))
+		ql.GetOrCreateQkdlRemote().QkdiId = other.iface.QkdiId
+		if err := ql.Validate(); err != nil {
+			return invalid("link %s: %v", l.Name, err)
+		}
+		ends[i].link = ql
+	}
+	for _, e := range ends {
+		t := s.nodes[e.node]
+		t.GetOrCreateQkdInterfaces().GetOrCreateQkdInterfaceMap()[e.iface.GetQkdiId()] = e.iface
+		t.GetOrCreateQkdLinks().GetOrCreateQkdLinkMap()[id] = e.link
+	}
+	s.touch(l.A, l.B)
 	// A is the Master end, as Restore reads it back from the trees.
 	other := l.B
 	if l.Master == l.B {
@@ -394,19 +413,15 @@ func (s *State) removeLink(name string) error {
 	if len(l.Apps) > 0 {
 		return inUse("link %s carries application %s; remove it first", name, l.Apps[0])
 	}
-	err := s.change([]string{l.A, l.B}, func(trees map[string]*qkd015.Node) error {
-		for _, t := range trees {
-			t.GetQkdLinks().DeleteQkdLink(l.ID)
-			if id := interfaceOf(t, name); id != 0 {
-				t.GetQkdInterfaces().DeleteQkdInterface(id)
-			}
+	for _, n := range []string{l.A, l.B} {
+		t := s.nodes[n]
+		t.GetQkdLinks().DeleteQkdLink(l.ID)
+		if id := interfaceOf(t, name); id != 0 {
+			t.GetQkdInterfaces().DeleteQkdInterface(id)
 		}
-		return nil
-	})
-	if err != nil {
-		return err
 	}
 	delete(s.links, name)
+	s.touch(l.A, l.B)
 	return nil
 }
 
@@ -420,14 +435,17 @@ func (s *State) addSAE(a SAESpec) error {
 		}
 		return exists("SAE %s is attached to node %s", a.ID, n)
 	}
-	err := s.change([]string{a.Node}, func(trees map[string]*qkd015.Node) error {
-		_, err := trees[a.Node].GetOrCreateSaes().NewSae(a.ID)
-		return err
-	})
-	if err != nil {
-		return err
+	t, ok := s.nodes[a.Node]
+	if !ok {
+		return notFound("node %q", a.Node)
 	}
+	e := &qkd015.SAE{SaeId: ygot.String(a.ID)}
+	if err := e.Validate(); err != nil {
+		return invalid("SAE %s: %v", a.ID, err)
+	}
+	t.GetOrCreateSaes().GetOrCreateSaeMap()[a.ID] = e
 	s.saes[a.ID] = a.Node
+	s.touch(a.Node)
 	return nil
 }
 
@@ -441,14 +459,11 @@ func (s *State) removeSAE(id string) error {
 			return inUse("SAE %s is an end of application %s; remove it first", id, a.ID)
 		}
 	}
-	err := s.change([]string{node}, func(trees map[string]*qkd015.Node) error {
-		trees[node].GetSaes().DeleteSae(id)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
+	// Deleting list entries cannot make a tree invalid (the model has no
+	// min-elements or leafrefs to them).
+	s.nodes[node].GetSaes().DeleteSae(id)
 	delete(s.saes, id)
+	s.touch(node)
 	return nil
 }
 
@@ -517,59 +532,60 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 	for _, name := range a.Path {
 		info.Masters = append(info.Masters, s.links[name].Master)
 	}
-	err = s.change(nodes, func(trees map[string]*qkd015.Node) error {
-		for i, n := range nodes {
-			t := trees[n]
-			qa, err := t.GetOrCreateQkdApplications().NewQkdApp(a.ID)
-			if err != nil {
-				return exists("application %s at node %s: %v", a.ID, n, err)
+	// Build and check every node's qkd_app entry first; attach them only
+	// when all are valid, so a refused application changes nothing.
+	entries := make([]*qkd015.App, len(nodes))
+	for i, n := range nodes {
+		t := s.nodes[n]
+		if qkd015.Apps(t)[a.ID] != nil {
+			return nil, exists("application %s at node %s", a.ID, n)
+		}
+		qa := &qkd015.App{AppId: ygot.String(a.ID), AppType: qkd015.AppClient,
+			ServerAppId: ygot.String(qkd015.SAEURI(a.MasterSAE)), ClientAppId: []string{qkd015.SAEURI(a.SlaveSAE)},
+			AppPriority: ygot.Uint32(a.Priority), LocalQkdnId: t.QkdnId}
+		if a.Created != "" {
+			qa.CreationTime = ygot.String(a.Created)
+		}
+		qa.AppQos = &qkd015.AppQoS{MaxBandwidth: ygot.Uint32(a.QoS.MaxBandwidth), MinBandwidth: ygot.Uint32(a.QoS.MinBandwidth),
+			Jitter: ygot.Uint32(a.QoS.Jitter), Ttl: ygot.Uint32(a.QoS.TTL),
+			ClientsSharedPathEnable: ygot.Bool(a.QoS.SharedPath), ClientsSharedKeysRequired: ygot.Bool(a.QoS.SharedKeys)}
+		remote := sn
+		if n == sn {
+			remote = mn
+		}
+		qa.RemoteQkdnId = ygot.String(qkd015.NodeID(remote))
+		// This node's hops: the link before it and the link after it.
+		for _, h := range []int{i - 1, i} {
+			if h < 0 || h >= len(a.Path) {
+				continue
 			}
-			qa.AppType = etsi015.EtsiQkdNodeTypes_QkdAppTypes_CLIENT
-			qa.ServerAppId = ygot.String(qkd015.SAEURI(a.MasterSAE))
-			qa.ClientAppId = []string{qkd015.SAEURI(a.SlaveSAE)}
-			qa.AppPriority = ygot.Uint32(a.Priority)
-			if a.Created != "" {
-				qa.CreationTime = ygot.String(a.Created)
+			l := s.links[a.Path[h]]
+			if qkd015.Links(t)[l.ID] == nil {
+				return nil, notFound("link %s at node %s", l.Name, n)
 			}
-			q := qa.GetOrCreateAppQos()
-			q.MaxBandwidth = ygot.Uint32(a.QoS.MaxBandwidth)
-			q.MinBandwidth = ygot.Uint32(a.QoS.MinBandwidth)
-			q.Jitter = ygot.Uint32(a.QoS.Jitter)
-			q.Ttl = ygot.Uint32(a.QoS.TTL)
-			q.ClientsSharedPathEnable = ygot.Bool(a.QoS.SharedPath)
-			q.ClientsSharedKeysRequired = ygot.Bool(a.QoS.SharedKeys)
-			qa.LocalQkdnId = t.QkdnId
-			remote := sn
-			if n == sn {
-				remote = mn
-			}
-			qa.RemoteQkdnId = ygot.String(qkd015.NodeID(remote))
-			// This node's hops: the link before it and the link after it.
-			for _, h := range []int{i - 1, i} {
-				if h < 0 || h >= len(a.Path) {
-					continue
-				}
-				l := s.links[a.Path[h]]
-				qa.BackingQkdlId = append(qa.BackingQkdlId, l.ID)
-				hop := qa.GetOrCreateHops().GetOrCreateHop(l.ID)
-				hop.Index = ygot.Uint32(uint32(h))
-				hop.Role = etsi015.QkdnetSdnExt_KmmRole_SLAVE
-				if l.Master == n {
-					hop.Role = etsi015.QkdnetSdnExt_KmmRole_MASTER
-				}
-				ql := t.GetQkdLinks().GetQkdLink(l.ID)
-				if ql == nil {
-					return notFound("link %s at node %s", l.Name, n)
-				}
-				ql.QkdlApplications = append(ql.QkdlApplications, a.ID)
+			qa.BackingQkdlId = append(qa.BackingQkdlId, l.ID)
+			hop := qa.GetOrCreateHops().GetOrCreateHop(l.ID)
+			hop.Index = ygot.Uint32(uint32(h))
+			hop.Role = qkd015.RoleSlave
+			if l.Master == n {
+				hop.Role = qkd015.RoleMaster
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		if err := qa.Validate(); err != nil {
+			return nil, invalid("application %s at node %s: %v", a.ID, n, err)
+		}
+		entries[i] = qa
+	}
+	for i, n := range nodes {
+		t := s.nodes[n]
+		t.GetOrCreateQkdApplications().GetOrCreateQkdAppMap()[a.ID] = entries[i]
+		for _, id := range entries[i].BackingQkdlId {
+			ql := qkd015.Links(t)[id]
+			ql.QkdlApplications = append(ql.QkdlApplications, a.ID)
+		}
 	}
 	s.apps[a.ID] = info
+	s.touch(nodes...)
 	for _, name := range a.Path {
 		l := s.links[name]
 		l.Apps = append(l.Apps, a.ID)
@@ -588,22 +604,18 @@ func (s *State) removeApp(id string) error {
 	if !ok {
 		return notFound("application %q", id)
 	}
-	err := s.change(a.Nodes, func(trees map[string]*qkd015.Node) error {
-		for _, t := range trees {
-			t.GetQkdApplications().DeleteQkdApp(id)
-			for _, ql := range qkd015.Links(t) {
-				ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == id })
-				if len(ql.QkdlApplications) == 0 {
-					ql.QkdlApplications = nil
-				}
+	for _, n := range a.Nodes {
+		t := s.nodes[n]
+		t.GetQkdApplications().DeleteQkdApp(id)
+		for _, ql := range qkd015.Links(t) {
+			ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == id })
+			if len(ql.QkdlApplications) == 0 {
+				ql.QkdlApplications = nil
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
 	}
 	delete(s.apps, id)
+	s.touch(a.Nodes...)
 	for _, name := range a.Path {
 		l := s.links[name]
 		l.Apps = slices.DeleteFunc(l.Apps, func(x string) bool { return x == id })
