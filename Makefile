@@ -3,7 +3,7 @@
 GO ?= go
 STATE_DIR ?= .qkdnet
 
-.PHONY: demo test test-race lint gen check-generated bench build
+.PHONY: demo test test-race lint gen check-generated bench bench-controller build
 
 ## demo: start the paper's Fig. 4 testbed (two nodes, one emulated QKD link, two SAEs) and watch SAE_A send to SAE_B
 demo:
@@ -51,3 +51,10 @@ check-generated: gen
 ## bench: start a network with a fast emulated link and drive ETSI 014 from 16 concurrent SAEs
 bench:
 	$(GO) run ./cmd/qkdload --start --state-dir .qkdnet-bench
+
+## bench-controller: controller failover over real processes (leader SIGKILL until the next change is committed and pushed),
+## path + configuration computation on a 1,000-node network, and one change pushed to each of 100 agents
+bench-controller:
+	$(GO) test -run XXX -bench Failover -benchtime 20x ./e2e/
+	$(GO) test -run XXX -bench 'OpenApp1000|Path1000' -benchtime 200x ./controller/state/
+	$(GO) test -run XXX -bench Push100 -benchtime 20x ./controller/
