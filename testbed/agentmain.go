@@ -6,12 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/qkdnet/qkdnet/agent"
+	"github.com/qkdnet/qkdnet/internal/logflags"
 )
 
 // AgentMain is the command line of one node agent, shared by `qkd-agent` and
@@ -45,23 +44,11 @@ func AgentMain(name string, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: --config is required\n", name)
 		return 2
 	}
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(stderr, "%s: --log-level %q: want debug, info, warn or error\n", name, *level)
+	logger, err := logflags.New(stderr, *level, *format)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
 	}
-	hopts := &slog.HandlerOptions{Level: lv}
-	var h slog.Handler
-	switch strings.ToLower(*format) {
-	case "text":
-		h = slog.NewTextHandler(stderr, hopts)
-	case "json":
-		h = slog.NewJSONHandler(stderr, hopts)
-	default:
-		fmt.Fprintf(stderr, "%s: --log-format %q: want text or json\n", name, *format)
-		return 2
-	}
-	logger := slog.New(h)
 
 	cfg, err := agent.LoadConfig(*config)
 	if err != nil {

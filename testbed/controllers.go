@@ -54,41 +54,19 @@ func (n *Network) operatorTLS() (*tls.Config, error) {
 	return pki.ClientTLS(filepath.Join(n.plan.StateDir, filepath.FromSlash(n.plan.Endpoints.CACert)), n.plan.Operator.Cert, n.plan.Operator.Key)
 }
 
-// waitCluster waits until a leader knows every replica as a voter with its
-// gRPC address, reporting progress every few seconds.
-func (n *Network) waitCluster(ctx context.Context, cl *ctlclient.Client) error {
-	want := len(n.plan.Controllers)
+// poll calls check every 100 ms until it reports done, reporting progress
+// every few seconds. It gives up when the network fails or ctx ends, with
+// what the last check said was missing.
+func (n *Network) poll(ctx context.Context, what string, check func() (done bool, why string)) error {
 	last := time.Now()
-	var why string
 	for {
-		var st *qkdv1.StatusResponse
-		err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
-			var err error
-			st, err = ctlclient.Cluster(cc).Status(ctx, &qkdv1.StatusRequest{})
-			if err == nil && st.GetState() != "Leader" {
-				// Ask the leader itself: only it knows the sessions.
-				return status.Errorf(codes.Unavailable, "replica %s is %s", st.GetId(), st.GetState())
-			}
-			return err
-		})
-		if err == nil {
-			voters := 0
-			for _, m := range st.GetMembers() {
-				if m.GetSuffrage() == "Voter" && m.GetGrpcAddress() != "" {
-					voters++
-				}
-			}
-			if voters == want {
-				n.opts.Logger.Info("controller cluster up", "leader", st.GetLeaderId(), "replicas", want, "term", st.GetTerm())
-				return nil
-			}
-			why = fmt.Sprintf("%d of %d replicas are voters", voters, want)
-		} else {
-			why = err.Error()
+		done, why := check()
+		if done {
+			return nil
 		}
 		if time.Since(last) > 3*time.Second {
 			last = time.Now()
-			n.opts.Logger.Info("waiting for the controller cluster", "last", why)
+			n.opts.Logger.Info("waiting for "+what, "last", why)
 		}
 		select {
 		case <-n.done:
@@ -97,10 +75,42 @@ func (n *Network) waitCluster(ctx context.Context, cl *ctlclient.Client) error {
 			}
 			return errors.New("network stopped while starting")
 		case <-ctx.Done():
-			return fmt.Errorf("controller cluster not up after %s: %s", n.opts.ReadyTimeout, why)
+			return fmt.Errorf("%s: not ready after %s: %s", what, n.opts.ReadyTimeout, why)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// waitCluster waits until a leader knows every replica as a voter with its
+// gRPC address.
+func (n *Network) waitCluster(ctx context.Context, cl *ctlclient.Client) error {
+	want := len(n.plan.Controllers)
+	return n.poll(ctx, "the controller cluster", func() (bool, string) {
+		var st *qkdv1.StatusResponse
+		err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+			var err error
+			st, err = ctlclient.Cluster(cc).Status(ctx, &qkdv1.StatusRequest{})
+			if err == nil && st.GetState() != "Leader" {
+				// Ask the leader itself: only it knows the whole membership.
+				return status.Errorf(codes.Unavailable, "replica %s is %s", st.GetId(), st.GetState())
+			}
+			return err
+		})
+		if err != nil {
+			return false, err.Error()
+		}
+		voters := 0
+		for _, m := range st.GetMembers() {
+			if m.GetSuffrage() == "Voter" && m.GetGrpcAddress() != "" {
+				voters++
+			}
+		}
+		if voters != want {
+			return false, fmt.Sprintf("%d of %d replicas are voters", voters, want)
+		}
+		n.opts.Logger.Info("controller cluster up", "leader", st.GetLeaderId(), "replicas", want, "term", st.GetTerm())
+		return true, ""
+	})
 }
 
 // seed writes the topology into the controller. Writes that find the
@@ -162,39 +172,23 @@ func (n *Network) waitConverged(ctx context.Context) error {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(ctx, n.opts.ReadyTimeout)
 	defer cancel()
-	var why string
-	for {
+	return n.poll(ctx, "the agents to take the controller's configuration", func() (bool, string) {
 		var net *qkdv1.GetNetworkResponse
 		err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
 			var err error
 			net, err = ctlclient.Network(cc).GetNetwork(ctx, &qkdv1.GetNetworkRequest{})
 			return err
 		})
-		why = ""
 		if err != nil {
-			why = err.Error()
-		} else {
-			for _, nd := range net.GetNodes() {
-				if !nd.GetConnected() || nd.GetAppliedVersion() == 0 {
-					why = fmt.Sprintf("node %s has not applied the controller's configuration yet", nd.GetName())
-					break
-				}
+			return false, err.Error()
+		}
+		for _, nd := range net.GetNodes() {
+			if !nd.GetConnected() || nd.GetAppliedVersion() == 0 {
+				return false, fmt.Sprintf("node %s has not applied the controller's configuration yet", nd.GetName())
 			}
 		}
-		if why == "" {
-			return nil
-		}
-		select {
-		case <-n.done:
-			if err := n.Err(); err != nil {
-				return err
-			}
-			return errors.New("network stopped while starting")
-		case <-ctx.Done():
-			return fmt.Errorf("agents did not converge after %s: %s", n.opts.ReadyTimeout, why)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return true, ""
+	})
 }
 
 // ControllerPID is the process ID of controller replica id, or 0.

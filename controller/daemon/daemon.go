@@ -30,6 +30,7 @@ import (
 	"github.com/qkdnet/qkdnet/controller/cluster"
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/internal/logflags"
 	"github.com/qkdnet/qkdnet/pki"
 )
 
@@ -97,7 +98,7 @@ func Main(name string, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: --id: %v\n", name, err)
 		return 2
 	}
-	logger, err := newLogger(stderr, level, format)
+	logger, err := logflags.New(stderr, level, format)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 2
@@ -109,21 +110,6 @@ func Main(name string, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	hopts := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, hopts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, hopts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
 
 // Run runs a replica until ctx is done.
