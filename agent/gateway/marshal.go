@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/protobuf/proto"
+
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
 
 // strictJSON is runtime.JSONPb with a stricter request decoder.
@@ -32,25 +35,59 @@ func (m *strictJSON) NewDecoder(r io.Reader) runtime.Decoder {
 		if !ok {
 			return fmt.Errorf("cannot decode a request body into %T", v)
 		}
-		d := json.NewDecoder(r)
-		var raw json.RawMessage
-		if err := d.Decode(&raw); err != nil {
-			// json.Decoder returns io.EOF itself, unwrapped, for an empty
-			// stream, and only then.
-			if err == io.EOF {
-				return io.EOF
-			}
-			return fmt.Errorf("malformed JSON body: %s", describeJSONError(err))
+		// Read the body once: the usual shapes are decoded from it directly
+		// (fastDecode), anything else by the general path below, which
+		// then reads the same bytes and, if reading stopped early, the
+		// same error.
+		body, rerr := io.ReadAll(r)
+		if rerr == nil && fastDecode(body, msg) {
+			return nil
 		}
-		if _, err := d.Token(); err != io.EOF {
-			return errors.New("malformed JSON body: unexpected data after the JSON object")
+		var src io.Reader = bytes.NewReader(body)
+		if rerr != nil {
+			src = io.MultiReader(src, errReader{rerr})
 		}
-		if err := m.UnmarshalOptions.Unmarshal(raw, msg); err != nil {
-			return fmt.Errorf("invalid request body: %s", trimProtoPrefix(err.Error()))
-		}
-		return nil
+		return m.decodeGeneral(src, msg)
 	})
 }
+
+// decodeGeneral checks that r holds exactly one JSON value and decodes it
+// with protojson.
+func (m *strictJSON) decodeGeneral(r io.Reader, msg proto.Message) error {
+	d := json.NewDecoder(r)
+	var raw json.RawMessage
+	if err := d.Decode(&raw); err != nil {
+		// json.Decoder returns io.EOF itself, unwrapped, for an empty
+		// stream, and only then.
+		if err == io.EOF {
+			return io.EOF
+		}
+		return fmt.Errorf("malformed JSON body: %s", describeJSONError(err))
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return errors.New("malformed JSON body: unexpected data after the JSON object")
+	}
+	if err := m.UnmarshalOptions.Unmarshal(raw, msg); err != nil {
+		return fmt.Errorf("invalid request body: %s", trimProtoPrefix(err.Error()))
+	}
+	return nil
+}
+
+// Marshal writes a key container directly (appendKeyContainer) and
+// everything else with protojson.
+func (m *strictJSON) Marshal(v any) ([]byte, error) {
+	if kc, ok := v.(*qkdv1.KeyContainer); ok {
+		if b, ok := appendKeyContainer(nil, kc); ok {
+			return b, nil
+		}
+	}
+	return m.JSONPb.Marshal(v)
+}
+
+// errReader fails every read with err.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // describeJSONError words an encoding/json error for an SAE.
 func describeJSONError(err error) string {

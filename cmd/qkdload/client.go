@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -158,18 +159,26 @@ func (c *saeClient) close() { c.hc.CloseIdleConnections() }
 // encKeys is POST /api/v1/keys/{slave}/enc_keys.
 func (c *saeClient) encKeys(ctx context.Context, slave string, number, size int) ([]key, string, error) {
 	var kc keyContainer
-	proto, err := c.do(ctx, "enc_keys", http.MethodPost, "/api/v1/keys/"+url.PathEscape(slave)+"/enc_keys", keyRequest{Number: number, Size: size}, &kc)
+	body := appendKeyRequest(make([]byte, 0, 40), number, size)
+	proto, err := c.do(ctx, "enc_keys", http.MethodPost, "/api/v1/keys/"+url.PathEscape(slave)+"/enc_keys", body, &kc)
 	return kc.Keys, proto, err
 }
 
 // decKeys is POST /api/v1/keys/{master}/dec_keys.
 func (c *saeClient) decKeys(ctx context.Context, master string, ids []string) ([]key, error) {
-	req := keyIDsRequest{KeyIDs: make([]keyIDRef, len(ids))}
-	for i, id := range ids {
-		req.KeyIDs[i].KeyID = id
+	body, ok := appendKeyIDsRequest(make([]byte, 0, 16+52*len(ids)), ids)
+	if !ok {
+		req := keyIDsRequest{KeyIDs: make([]keyIDRef, len(ids))}
+		for i, id := range ids {
+			req.KeyIDs[i].KeyID = id
+		}
+		var err error
+		if body, err = json.Marshal(req); err != nil {
+			return nil, err
+		}
 	}
 	var kc keyContainer
-	_, err := c.do(ctx, "dec_keys", http.MethodPost, "/api/v1/keys/"+url.PathEscape(master)+"/dec_keys", req, &kc)
+	_, err := c.do(ctx, "dec_keys", http.MethodPost, "/api/v1/keys/"+url.PathEscape(master)+"/dec_keys", body, &kc)
 	return kc.Keys, err
 }
 
@@ -180,24 +189,24 @@ func (c *saeClient) status(ctx context.Context, slave string) (statusResponse, e
 	return st, err
 }
 
-// do makes one request and decodes a 200 answer into out. It returns the
-// negotiated protocol ("HTTP/1.1", "HTTP/2.0").
-func (c *saeClient) do(ctx context.Context, op, method, path string, in, out any) (string, error) {
+// bodies recycles answer buffers; each is cleared before it goes back, as
+// it held base64 key material.
+var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// do sends body (JSON; nil for none) and decodes a 200 answer into out. It
+// returns the negotiated protocol ("HTTP/1.1", "HTTP/2.0").
+func (c *saeClient) do(ctx context.Context, op, method, path string, body []byte, out any) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return "", err
-		}
-		body = bytes.NewReader(b)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return "", err
 	}
-	if in != nil {
+	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
@@ -206,10 +215,19 @@ func (c *saeClient) do(ctx context.Context, op, method, path string, in, out any
 		return "", fmt.Errorf("%s: %w", op, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
-	if err != nil {
+	buf := bodies.Get().(*bytes.Buffer)
+	defer func() {
+		clear(buf.Bytes()[:buf.Cap()])
+		buf.Reset()
+		bodies.Put(buf)
+	}()
+	if resp.ContentLength > 0 && resp.ContentLength <= maxResponse {
+		buf.Grow(int(resp.ContentLength) + 1)
+	}
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponse+1)); err != nil {
 		return resp.Proto, fmt.Errorf("%s: reading the answer: %w", op, err)
 	}
+	b := buf.Bytes()
 	if len(b) > maxResponse {
 		return resp.Proto, &badResponse{op: op, why: fmt.Sprintf("answer larger than %d bytes", maxResponse)}
 	}
@@ -228,11 +246,15 @@ func (c *saeClient) do(ctx context.Context, op, method, path string, in, out any
 		}
 		return resp.Proto, e
 	}
+	if kc, isKC := out.(*keyContainer); isKC {
+		if keys, ok := fastKeyContainer(b); ok {
+			kc.Keys = keys
+			return resp.Proto, nil
+		}
+	}
 	if err := json.Unmarshal(b, out); err != nil {
-		clear(b) // it held base64 key material
 		return resp.Proto, &badResponse{op: op, why: "malformed JSON: " + err.Error()}
 	}
-	clear(b)
 	return resp.Proto, nil
 }
 

@@ -131,36 +131,65 @@ func (s *sealer) dek(id [dekIDSize]byte) (cipher.AEAD, error) {
 	return a, nil
 }
 
+// aadPrefix is put in front of the key_ID in the associated data.
+const aadPrefix = "qkdnet key v1\x00"
+
 func aad(keyID string) []byte {
-	return append([]byte("qkdnet key v1\x00"), keyID...)
+	return append([]byte(aadPrefix), keyID...)
 }
+
+// aadInto builds the associated data of keyID in buf when it fits, so that
+// sealing a key allocates nothing more.
+func aadInto(buf *[96]byte, keyID string) []byte {
+	if len(aadPrefix)+len(keyID) > len(buf) {
+		return aad(keyID)
+	}
+	return append(append(buf[:0], aadPrefix...), keyID...)
+}
+
+// sealOverhead is what sealing adds to a key: DEK label, nonce and tag.
+const sealOverhead = dekIDSize + 12 + 16
 
 // seal returns dekID || nonce || ciphertext+tag.
 func (s *sealer) seal(keyID string, key []byte) ([]byte, error) {
+	return s.sealTo(make([]byte, 0, sealOverhead+len(key)), keyID, key)
+}
+
+// sealTo appends dekID || nonce || ciphertext+tag to dst.
+func (s *sealer) sealTo(dst []byte, keyID string, key []byte) ([]byte, error) {
+	a, id, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	start := len(dst)
+	dst = append(dst, id[:]...)
+	dst = append(dst, make([]byte, a.NonceSize())...)
+	nonce := dst[start+dekIDSize:]
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	var buf [96]byte
+	return a.Seal(dst, nonce, key, aadInto(&buf, keyID)), nil
+}
+
+// current returns the DEK to seal the next key with, rotating it every
+// dekRotation keys.
+func (s *sealer) current() (cipher.AEAD, [dekIDSize]byte, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.cur == nil || s.used >= dekRotation {
 		var id [dekIDSize]byte
 		if _, err := rand.Read(id[:]); err != nil {
-			s.mu.Unlock()
-			return nil, err
+			return nil, id, err
 		}
 		a, err := s.dek(id)
 		if err != nil {
-			s.mu.Unlock()
-			return nil, err
+			return nil, id, err
 		}
 		s.cur, s.curID, s.used = a, id, 0
 	}
-	a, id := s.cur, s.curID
 	s.used++
-	s.mu.Unlock()
-
-	out := make([]byte, dekIDSize+a.NonceSize(), dekIDSize+a.NonceSize()+len(key)+a.Overhead())
-	copy(out, id[:])
-	if _, err := rand.Read(out[dekIDSize:]); err != nil {
-		return nil, err
-	}
-	return a.Seal(out, out[dekIDSize:], key, aad(keyID)), nil
+	return s.cur, s.curID, nil
 }
 
 // open returns the plaintext key; the caller zeroes it when done.

@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -104,6 +105,14 @@ type Store struct {
 	streams  map[string]Stream
 	counters map[string]uint64
 	changed  chan struct{} // closed and replaced whenever pool or stream sizes change
+
+	// txCounters are the counter deltas of the transaction being built;
+	// only the writer goroutine touches them.
+	txCounters map[string]uint64
+	txAfter    []func()
+
+	// commits and committedOps count group commits and the ops they held.
+	commits, committedOps, commitNanos atomic.Uint64
 }
 
 // Open opens (creating if needed) the store in dir: dir/kek holds the node
@@ -116,7 +125,17 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(dir, "keys.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: opts.NoSync})
+	db, err := bolt.Open(filepath.Join(dir, "keys.db"), 0o600, &bolt.Options{
+		Timeout: 5 * time.Second,
+		NoSync:  opts.NoSync,
+		// The freelist is rebuilt by scanning the file when it is opened
+		// instead of being written with every commit, as etcd, containerd
+		// and Vault run bbolt: a commit writes fewer pages and the keys are
+		// as durable as before (the data and meta pages are still synced).
+		// A map freelist stays fast as the file grows.
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open key store: %w", err)
 	}
@@ -291,8 +310,11 @@ func (s *Store) writer() {
 }
 
 func (s *Store) commit(batch []*op) {
+	t0 := time.Now()
+	defer func() { s.commitNanos.Add(uint64(time.Since(t0))) }()
 	results := make([]error, len(batch))
 	err := s.db.Update(func(tx *bolt.Tx) error {
+		s.beginTx()
 		for i, o := range batch {
 			err := o.fn(tx)
 			var r rejected
@@ -301,9 +323,11 @@ func (s *Store) commit(batch []*op) {
 			}
 			results[i] = err
 		}
-		return nil
+		return s.finishTx(tx)
 	})
 	if err == nil {
+		s.commits.Add(1)
+		s.committedOps.Add(uint64(len(batch)))
 		for i, o := range batch {
 			o.done <- results[i]
 		}
@@ -316,21 +340,22 @@ func (s *Store) commit(batch []*op) {
 	// One op failed after writing: the shared transaction rolled back, so run
 	// each alone and give each its own answer.
 	for _, o := range batch {
-		o.done <- s.db.Update(o.fn)
+		o.done <- s.db.Update(func(tx *bolt.Tx) error {
+			s.beginTx()
+			if err := o.fn(tx); err != nil {
+				return err
+			}
+			return s.finishTx(tx)
+		})
 	}
 }
 
 // ---- in-memory mirror, updated only after a commit ----
 
-func (s *Store) afterCommit(tx *bolt.Tx, f func()) {
-	tx.OnCommit(func() {
-		s.mu.Lock()
-		f()
-		ch := s.changed
-		s.changed = make(chan struct{})
-		s.mu.Unlock()
-		close(ch)
-	})
+// afterCommit runs f under s.mu once the transaction the calling op runs in
+// has committed, and then signals Changed. Only ops call it.
+func (s *Store) afterCommit(_ *bolt.Tx, f func()) {
+	s.txAfter = append(s.txAfter, f)
 }
 
 // Changed returns a channel that is closed the next time pool or stream sizes
@@ -389,13 +414,42 @@ func ParseCounter(name string) (scope, id, what string, ok bool) {
 	return "", "", "", false
 }
 
-// add increments counters inside tx and mirrors them after commit.
-func (s *Store) add(tx *bolt.Tx, deltas map[string]uint64) error {
-	b := tx.Bucket(bucketStats)
+// add counts deltas in the transaction the calling op runs in. Only ops
+// (which run on the writer goroutine) call it; the counters of all the ops of
+// one transaction are written once, when the transaction ends.
+func (s *Store) add(_ *bolt.Tx, deltas map[string]uint64) error {
 	for name, d := range deltas {
-		if d == 0 {
-			continue
-		}
+		s.count(name, d)
+	}
+	return nil
+}
+
+// count adds d to counter name in the current transaction.
+func (s *Store) count(name string, d uint64) {
+	if d != 0 {
+		s.txCounters[name] += d
+	}
+}
+
+func (s *Store) beginTx() {
+	if s.txCounters == nil {
+		s.txCounters = map[string]uint64{}
+	}
+	clear(s.txCounters)
+	clear(s.txAfter)
+	s.txAfter = s.txAfter[:0]
+}
+
+// finishTx writes the transaction's counters and, once it commits, mirrors
+// them and the ops' changes (afterCommit) in memory and signals Changed.
+func (s *Store) finishTx(tx *bolt.Tx) error {
+	if len(s.txCounters) == 0 && len(s.txAfter) == 0 {
+		return nil
+	}
+	b := tx.Bucket(bucketStats)
+	deltas := make(map[string]uint64, len(s.txCounters))
+	for name, d := range s.txCounters {
+		deltas[name] = d
 		var cur uint64
 		if v := b.Get([]byte(name)); len(v) == 8 {
 			cur = binary.BigEndian.Uint64(v)
@@ -406,14 +460,24 @@ func (s *Store) add(tx *bolt.Tx, deltas map[string]uint64) error {
 			return err
 		}
 	}
+	after := append([]func(){}, s.txAfter...)
 	tx.OnCommit(func() {
 		s.mu.Lock()
 		for name, d := range deltas {
-			if d != 0 {
-				s.counters[name] += d
-			}
+			s.counters[name] += d
+		}
+		for _, f := range after {
+			f()
+		}
+		var ch chan struct{}
+		if len(after) > 0 {
+			ch = s.changed
+			s.changed = make(chan struct{})
 		}
 		s.mu.Unlock()
+		if ch != nil {
+			close(ch)
+		}
 	})
 	return nil
 }
@@ -475,50 +539,70 @@ func (s *Store) AddToPool(link string, keys []driver.Key) error {
 		return nil
 	}
 	now := s.now().UnixNano()
-	sealed := make([][]byte, len(keys))
+	// Every record is sealed into one buffer, sized up front so that no
+	// record moves (bbolt keeps the slices until the commit writes them).
+	size := 0
 	for i, k := range keys {
 		if k.ID == "" || len(k.Bytes) == 0 {
 			return fmt.Errorf("driver key %d of link %s has an empty ID or no bytes", i, link)
 		}
-		b, err := s.seal.seal(k.ID, k.Bytes)
+		size += 8 + 1 + binary.MaxVarintLen64 + len(k.ID) + sealOverhead + len(k.Bytes)
+	}
+	buf := make([]byte, 0, size)
+	records := make([][]byte, len(keys))
+	for i, k := range keys {
+		start := len(buf)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(now))
+		buf = append(buf, 0)
+		buf = appendString(buf, k.ID)
+		var err error
+		buf, err = s.seal.sealTo(buf, k.ID, k.Bytes)
 		if err != nil {
 			return err
 		}
-		sealed[i] = b
+		records[i] = buf[start:len(buf):len(buf)]
 	}
 	ids := make([]string, len(keys))
 	for i, k := range keys {
 		ids[i] = k.ID
 	}
-	lastBatch, err := json.Marshal(ids)
-	if err != nil {
-		return err
+	lastBatch := encodeIDs(ids)
+	// A key_ID repeated within the batch is stored once.
+	index := make(map[string]int, len(keys))
+	dup := make([]bool, len(keys))
+	for i, k := range keys {
+		if _, ok := index[k.ID]; ok {
+			dup[i] = true
+			continue
+		}
+		index[k.ID] = i
 	}
+	skip := make([]bool, len(keys))
 	return s.update(func(tx *bolt.Tx) error {
 		pool, err := tx.Bucket(bucketPool).CreateBucketIfNotExists([]byte(link))
 		if err != nil {
 			return err
 		}
-		last := map[string]bool{}
+		pool.FillPercent = appendFill
+		copy(skip, dup)
 		if v := tx.Bucket(bucketLast).Get([]byte(link)); v != nil {
-			var prev []string
-			if json.Unmarshal(v, &prev) == nil {
-				for _, id := range prev {
-					last[id] = true
+			// An unreadable last batch only loses the skip of a re-delivery.
+			_ = eachID(v, func(id []byte) {
+				if i, ok := index[string(id)]; ok {
+					skip[i] = true
 				}
-			}
+			})
 		}
 		added := 0
-		for i, k := range keys {
-			if last[k.ID] {
+		for i := range keys {
+			if skip[i] {
 				continue
 			}
-			last[k.ID] = true
 			seq, err := pool.NextSequence()
 			if err != nil {
 				return err
 			}
-			if err := pool.Put(u64(seq), record{created: now, keyID: k.ID, sealed: sealed[i]}.encode()); err != nil {
+			if err := pool.Put(u64(seq), records[i]); err != nil {
 				return err
 			}
 			added++
@@ -527,9 +611,15 @@ func (s *Store) AddToPool(link string, keys []driver.Key) error {
 			return err
 		}
 		s.afterCommit(tx, func() { s.pool[link] += added })
-		return s.add(tx, map[string]uint64{linkCounter(link, "supplied"): uint64(added)})
+		s.count(linkCounter(link, "supplied"), uint64(added))
+		return nil
 	})
 }
+
+// appendFill is the fill percent of buckets keyed by increasing sequence
+// numbers (pools and streams): they grow at the end, so their pages are
+// packed full instead of split in half.
+const appendFill = 1.0
 
 // ---- streams (App Store) ----
 
@@ -644,27 +734,33 @@ func (s *Store) Reserve(streamID, batchID string, n int) (Pending, error) {
 			return reject(fmt.Errorf("batch %s is already pending", batchID))
 		}
 		pb := pendingBatch{BatchID: batchID, Link: st.Link, StreamID: streamID, FirstSeq: st.NextSeq}
+		want := min(n, s.pool[st.Link]+1, 1<<16)
+		pb.Entries = make([]pendingEntry, 0, want)
+		p.KeyIDs = make([]string, 0, want)
+		// Copy the oldest records out first (bbolt's values live only until
+		// the page they sit on changes), then delete them in one sweep.
 		c := pool.Cursor()
-		for k, v := c.First(); k != nil && len(pb.Entries) < n; k, v = c.First() {
-			r, err := decodeRecord(v)
+		var keys [][]byte
+		for k, v := c.First(); k != nil && len(pb.Entries) < n; k, v = c.Next() {
+			id, err := recordKeyID(v)
 			if err != nil {
 				return err
 			}
-			pb.Entries = append(pb.Entries, pendingEntry{PoolSeq: binary.BigEndian.Uint64(k), Record: append([]byte(nil), v...)})
-			p.KeyIDs = append(p.KeyIDs, r.keyID)
-			if err := c.Delete(); err != nil {
-				return err
-			}
+			pb.Entries = append(pb.Entries, pendingEntry{PoolSeq: binary.BigEndian.Uint64(k), Record: v})
+			p.KeyIDs = append(p.KeyIDs, string(id))
+			keys = append(keys, k)
 		}
 		if len(pb.Entries) == 0 {
 			return reject(ErrNotEnoughKeys)
 		}
+		v := encodePending(&pb)
+		for _, k := range keys {
+			if err := pool.Delete(k); err != nil {
+				return err
+			}
+		}
 		st.NextSeq += uint64(len(pb.Entries))
 		if err := s.writeStream(tx, st); err != nil {
-			return err
-		}
-		v, err := json.Marshal(pb)
-		if err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketPending).Put([]byte(batchID), v); err != nil {
@@ -684,9 +780,9 @@ func (s *Store) PendingBatches() ([]Pending, error) {
 	var out []Pending
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
-			var pb pendingBatch
-			if err := json.Unmarshal(v, &pb); err != nil {
-				return ErrCorrupt
+			pb, err := decodePending(v)
+			if err != nil {
+				return err
 			}
 			st, err := getStream(tx, pb.StreamID)
 			if err != nil {
@@ -694,11 +790,11 @@ func (s *Store) PendingBatches() ([]Pending, error) {
 			}
 			p := Pending{BatchID: pb.BatchID, Link: pb.Link, Stream: st, FirstSeq: pb.FirstSeq}
 			for _, e := range pb.Entries {
-				r, err := decodeRecord(e.Record)
+				id, err := recordKeyID(e.Record)
 				if err != nil {
 					return err
 				}
-				p.KeyIDs = append(p.KeyIDs, r.keyID)
+				p.KeyIDs = append(p.KeyIDs, string(id))
 			}
 			out = append(out, p)
 			return nil
@@ -720,9 +816,9 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 		if v == nil {
 			return reject(fmt.Errorf("batch %s is not pending", batchID))
 		}
-		var pb pendingBatch
-		if err := json.Unmarshal(v, &pb); err != nil {
-			return ErrCorrupt
+		pb, err := decodePending(v)
+		if err != nil {
+			return err
 		}
 		unk := make(map[string]bool, len(unknown))
 		for _, id := range unknown {
@@ -732,22 +828,31 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 		if err != nil {
 			return err
 		}
+		keys.FillPercent = appendFill
 		pool, err := tx.Bucket(bucketPool).CreateBucketIfNotExists([]byte(pb.Link))
 		if err != nil {
 			return err
 		}
+		pool.FillPercent = appendFill
 		back, discarded := 0, 0
 		for i, e := range pb.Entries {
-			r, err := decodeRecord(e.Record)
+			id, err := recordKeyID(e.Record)
 			if err != nil {
 				return err
 			}
-			if !unk[r.keyID] {
+			if len(unk) == 0 || !unk[string(id)] {
+				// e.Record points into the pending value: like
+				// every value bbolt returns, it stays valid for the
+				// whole transaction, also after the Delete below.
 				if err := keys.Put(u64(pb.FirstSeq+uint64(i)), e.Record); err != nil {
 					return err
 				}
 				allocated++
 				continue
+			}
+			r, err := decodeRecord(e.Record)
+			if err != nil {
+				return err
 			}
 			if r.rejects < 255 {
 				r.rejects++
@@ -795,13 +900,17 @@ type appliedBatch struct {
 // Master may resend after losing the reply.
 func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []string) ([]string, error) {
 	var unknown []string
+	pos := make(map[string]int, len(keyIDs))
+	for i, id := range keyIDs {
+		pos[id] = i
+	}
 	err := s.update(func(tx *bolt.Tx) error {
 		unknown = nil
 		applied := tx.Bucket(bucketApplied)
 		if v := applied.Get([]byte(batchID)); v != nil {
-			var ab appliedBatch
-			if err := json.Unmarshal(v, &ab); err != nil {
-				return ErrCorrupt
+			ab, err := decodeApplied(v)
+			if err != nil {
+				return err
 			}
 			unknown = ab.Unknown
 			return reject(nil)
@@ -824,10 +933,7 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 		if err != nil {
 			return err
 		}
-		pos := make(map[string]int, len(keyIDs))
-		for i, id := range keyIDs {
-			pos[id] = i
-		}
+		keys.FillPercent = appendFill
 		// Both ends of a link get keys in the same order and the Master
 		// allocates from the head of its pool, so the named keys sit at the
 		// head of this pool too. Scan from the head; keys the Master does not
@@ -835,16 +941,17 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 		found := make([]bool, len(keyIDs))
 		moved := 0
 		if pool := tx.Bucket(bucketPool).Bucket([]byte(st.Link)); pool != nil {
+			pool.FillPercent = appendFill
 			budget := 2*len(keyIDs) + applyScanSlack
 			var take [][]byte
 			c := pool.Cursor()
 			for k, v := c.First(); k != nil && budget > 0 && moved+len(take) < len(keyIDs); k, v = c.Next() {
 				budget--
-				r, err := decodeRecord(v)
+				id, err := recordKeyID(v)
 				if err != nil {
 					return err
 				}
-				i, ok := pos[r.keyID]
+				i, ok := pos[string(id)]
 				if !ok || found[i] {
 					continue
 				}
@@ -853,10 +960,10 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 				if keys.Get(seq) != nil {
 					return fmt.Errorf("stream %s already holds sequence %d: %w", st.ID, firstSeq+uint64(i), ErrCorrupt)
 				}
-				if err := keys.Put(seq, append([]byte(nil), v...)); err != nil {
+				if err := keys.Put(seq, v); err != nil {
 					return err
 				}
-				take = append(take, append([]byte(nil), k...))
+				take = append(take, k)
 			}
 			for _, k := range take {
 				if err := pool.Delete(k); err != nil {
@@ -870,11 +977,7 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 				unknown = append(unknown, id)
 			}
 		}
-		v, err := json.Marshal(appliedBatch{At: s.now().UnixNano(), Unknown: unknown})
-		if err != nil {
-			return err
-		}
-		if err := applied.Put([]byte(batchID), v); err != nil {
+		if err := applied.Put([]byte(batchID), encodeApplied(appliedBatch{At: s.now().UnixNano(), Unknown: unknown})); err != nil {
 			return err
 		}
 		s.afterCommit(tx, func() {
@@ -1142,8 +1245,8 @@ func (s *Store) IsPending(streamID, keyID string) bool {
 	found := false
 	s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
-			var pb pendingBatch
-			if json.Unmarshal(v, &pb) == nil && pb.StreamID == streamID && p.seq >= pb.FirstSeq && p.seq < pb.FirstSeq+uint64(len(pb.Entries)) {
+			sid, first, n, err := pendingHeader(v)
+			if err == nil && string(sid) == streamID && p.seq >= first && p.seq < first+uint64(n) {
 				found = true
 			}
 			return nil
@@ -1226,8 +1329,7 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		// until it gets an answer, which is long before a key lifetime.
 		var old [][]byte
 		if err := tx.Bucket(bucketApplied).ForEach(func(k, v []byte) error {
-			var ab appliedBatch
-			if json.Unmarshal(v, &ab) == nil && ab.At < cutoff {
+			if at, err := appliedAt(v); err == nil && at < cutoff {
 				old = append(old, append([]byte(nil), k...))
 			}
 			return nil
