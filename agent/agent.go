@@ -87,7 +87,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if len(cfg.Controllers) > 0 {
 		ctl = newControlled(cfg.Node)
 		topo, addrs = ctl, ctl.addr
-		opts = append(opts, kmm.WithApps(ctl))
+		opts = append(opts, kmm.WithApps(ctl), kmm.WithKeyStreams(ctl))
 	} else {
 		st := newStaticTopology(cfg)
 		topo, addrs = st, st.addr
@@ -121,6 +121,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	qkdv1.RegisterKeyServiceServer(gs, k)
+	qkdv1.RegisterKeyStreamServiceServer(gs, k)
 	keysync.Register(gs, k)
 
 	emu := emulator.NewServer(a.logger.With("part", "emulator"))
@@ -197,7 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		drivers.onDown = func(link, why string) {
 			sb.notify(&qkdv1.Notification{Kind: "sdqkdn_link_down", Link: link, Status: "OFF", Severity: "MAJOR", Message: why})
 		}
-		ctl.open = sb.openApp
+		ctl.open, ctl.connect = sb.openApp, sb.connectApp
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

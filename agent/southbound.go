@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -58,19 +59,50 @@ func (s *southbound) notify(n *qkdv1.Notification) {
 	}
 }
 
-// openApp asks the controller for an application (kmm.Apps via controlled).
-func (s *southbound) openApp(ctx context.Context, master, slave string) error {
+// openApp asks the controller for an application (kmm.Apps via controlled)
+// and returns its ID.
+func (s *southbound) openApp(ctx context.Context, req kmm.AppRequest) (string, error) {
+	var id string
 	err := s.client.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
-		_, err := ctlclient.Controller(cc).OpenApplication(ctx, &qkdv1.OpenApplicationRequest{MasterSaeId: master, SlaveSaeId: slave})
+		r, err := ctlclient.Controller(cc).OpenApplication(ctx, &qkdv1.OpenApplicationRequest{
+			MasterSaeId: req.Master, SlaveSaeId: req.Slave, Priority: req.Priority, KeyChunkSize: req.ChunkSize,
+			Qos: &qkdv1.AppQoS{MinBandwidth: req.MinBPS, MaxBandwidth: req.MaxBPS, Jitter: req.Jitter, Ttl: req.TTL}})
+		if err == nil {
+			id = r.GetApplication().GetAppId()
+		}
 		return err
 	})
-	if status.Code(err) == codes.NotFound && strings.Contains(status.Convert(err).Message(), strconv.Quote(slave)) {
-		return fmt.Errorf("%w %q", kmm.ErrUnknownSAE, slave)
+	if err == nil {
+		return id, nil
 	}
-	if st, ok := status.FromError(err); ok && err != nil {
-		return errors.New(st.Message())
+	st := status.Convert(err)
+	switch {
+	case st.Code() == codes.NotFound && strings.Contains(st.Message(), strconv.Quote(req.Slave)):
+		return "", fmt.Errorf("%w %q", kmm.ErrUnknownSAE, req.Slave)
+	case st.Code() == codes.FailedPrecondition:
+		for _, d := range st.Details() {
+			ei, ok := d.(*errdetails.ErrorInfo)
+			if !ok {
+				continue
+			}
+			switch ei.GetReason() {
+			case "NO_PATH":
+				return "", fmt.Errorf("%w: %s", kmm.ErrNoPath, st.Message())
+			case "QOS_NOT_MET":
+				avail, _ := strconv.ParseUint(ei.GetMetadata()["available_bps"], 10, 64)
+				return "", &kmm.QoSError{AvailableBPS: avail, Msg: st.Message()}
+			}
+		}
 	}
-	return err
+	return "", errors.New(st.Message())
+}
+
+// connectApp records an SAE's ETSI 004 connection at the controller.
+func (s *southbound) connectApp(ctx context.Context, id, sae string, on bool) error {
+	return s.client.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := ctlclient.Controller(cc).ConnectApplication(ctx, &qkdv1.ConnectApplicationRequest{AppId: id, SaeId: sae, Connect: on})
+		return err
+	})
 }
 
 func (s *southbound) register(ctx context.Context) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ type view struct {
 	kmes    map[string]string // node -> KME_ID
 	addrs   map[string]string // node -> agent gRPC address
 	apps    map[appKey]appView
+	byApp   map[string]appKey // app_id -> its key in apps
 }
 
 // appKey is the (master SAE, slave SAE) pair of an application.
@@ -39,11 +41,13 @@ type appView struct {
 	hops        int
 	priority    uint32
 	minBitsPerS uint32
+	chunkSize   uint32
+	connected   []string
 }
 
 func emptyView(node string) *view {
 	return &view{node: node, links: map[string]kmm.Link{}, byPeer: map[string]kmm.Link{}, enabled: map[string]bool{},
-		saes: map[string]string{}, kmes: map[string]string{}, addrs: map[string]string{}, apps: map[appKey]appView{}}
+		saes: map[string]string{}, kmes: map[string]string{}, addrs: map[string]string{}, apps: map[appKey]appView{}, byApp: map[string]appKey{}}
 }
 
 // viewOf reads a pushed configuration. It refuses one meant for another node.
@@ -98,7 +102,8 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 		if !ok1 || !ok2 {
 			return nil, fmt.Errorf("qkd_app %s: server_app_id or client_app_id is not an SAE URI", id)
 		}
-		a := appView{id: id, master: master, slave: slave, priority: qa.GetAppPriority(), minBitsPerS: qa.GetAppQos().GetMinBandwidth(), hops: len(qkd015.Hops(qa))}
+		a := appView{id: id, master: master, slave: slave, priority: qa.GetAppPriority(), minBitsPerS: qa.GetAppQos().GetMinBandwidth(),
+			hops: len(qkd015.Hops(qa)), chunkSize: qa.GetKeyChunkSize(), connected: slices.Clone(qa.ConnectedSae)}
 		for lid := range qkd015.Hops(qa) {
 			a.link = byLinkID[lid]
 		}
@@ -110,6 +115,7 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 			}
 		}
 		v.apps[appKey{master, slave}] = a
+		v.byApp[id] = appKey{master, slave}
 	}
 	return v, nil
 }
@@ -118,8 +124,11 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 // tells waiters when a new one arrives.
 type controlled struct {
 	node string
-	// open asks the controller for an application (OpenApplication).
-	open func(ctx context.Context, master, slave string) error
+	// open asks the controller for an application (OpenApplication) and
+	// returns its ID.
+	open func(ctx context.Context, req kmm.AppRequest) (string, error)
+	// connect records an SAE's ETSI 004 connection (ConnectApplication).
+	connect func(ctx context.Context, id, sae string, on bool) error
 
 	mu      sync.Mutex
 	v       *view
@@ -182,16 +191,22 @@ var errNoController = errors.New("no controller configured")
 // Open implements kmm.Apps: the application is in the configuration, or the
 // controller is asked for it and the push that carries it is awaited.
 func (c *controlled) Open(ctx context.Context, master, slave string) error {
-	key := appKey{master, slave}
+	_, err := c.OpenQoS(ctx, kmm.AppRequest{Master: master, Slave: slave})
+	return err
+}
+
+// OpenQoS implements kmm.KeyStreams.
+func (c *controlled) OpenQoS(ctx context.Context, req kmm.AppRequest) (string, error) {
+	key := appKey{req.Master, req.Slave}
 	v, changed := c.watch()
-	if _, ok := v.apps[key]; ok {
-		return nil
+	if a, ok := v.apps[key]; ok {
+		return a.id, nil
 	}
 	if c.open == nil {
-		return errNoController
+		return "", errNoController
 	}
-	if err := c.open(ctx, master, slave); err != nil {
-		return err
+	if _, err := c.open(ctx, req); err != nil {
+		return "", err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -199,11 +214,46 @@ func (c *controlled) Open(ctx context.Context, master, slave string) error {
 		select {
 		case <-changed:
 		case <-wctx.Done():
-			return fmt.Errorf("the controller opened the application but its configuration did not reach this node: %w", wctx.Err())
+			return "", fmt.Errorf("the controller opened the application but its configuration did not reach this node: %w", wctx.Err())
 		}
 		v, changed = c.watch()
-		if _, ok := v.apps[key]; ok {
-			return nil
+		if a, ok := v.apps[key]; ok {
+			return a.id, nil
 		}
 	}
+}
+
+// Connect implements kmm.KeyStreams: the controller records the connection
+// and pushes it; Connect returns once this node's configuration shows it.
+func (c *controlled) Connect(ctx context.Context, id, sae string, on bool) error {
+	if c.connect == nil {
+		return errNoController
+	}
+	if err := c.connect(ctx, id, sae, on); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		a, ok, changed := c.App(id)
+		if (on && ok && slices.Contains(a.Connected, sae)) || (!on && (!ok || !slices.Contains(a.Connected, sae))) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-wctx.Done():
+			return fmt.Errorf("the controller recorded the connection but this node's configuration does not show it yet: %w", wctx.Err())
+		}
+	}
+}
+
+// App implements kmm.KeyStreams.
+func (c *controlled) App(id string) (kmm.AppView, bool, <-chan struct{}) {
+	v, changed := c.watch()
+	key, ok := v.byApp[id]
+	if !ok {
+		return kmm.AppView{}, false, changed
+	}
+	a := v.apps[key]
+	return kmm.AppView{ID: a.id, Master: a.master, Slave: a.slave, ChunkSize: a.chunkSize, Connected: slices.Clone(a.connected)}, true, changed
 }

@@ -102,8 +102,8 @@ func TestViewRefusesBadConfiguration(t *testing.T) {
 func TestControlledOpenWaitsForPush(t *testing.T) {
 	c := newControlled("B")
 	asked := make(chan [2]string, 1)
-	c.open = func(ctx context.Context, master, slave string) error {
-		asked <- [2]string{master, slave}
+	c.open = func(ctx context.Context, req kmm.AppRequest) (string, error) {
+		asked <- [2]string{req.Master, req.Slave}
 		go func() {
 			time.Sleep(50 * time.Millisecond)
 			v, err := viewOf("B", 9, pushed(t, "B", true))
@@ -113,7 +113,7 @@ func TestControlledOpenWaitsForPush(t *testing.T) {
 			}
 			c.set(v)
 		}()
-		return nil
+		return "", nil
 	}
 	if err := c.Open(context.Background(), "SAE_B", "SAE_A"); err != nil {
 		t.Fatal(err)
@@ -122,7 +122,7 @@ func TestControlledOpenWaitsForPush(t *testing.T) {
 		t.Errorf("asked for %v", got)
 	}
 	// Known now: no second request to the controller.
-	c.open = func(context.Context, string, string) error { t.Error("asked again"); return nil }
+	c.open = func(context.Context, kmm.AppRequest) (string, error) { t.Error("asked again"); return "", nil }
 	if err := c.Open(context.Background(), "SAE_B", "SAE_A"); err != nil {
 		t.Fatal(err)
 	}
@@ -132,12 +132,12 @@ func TestControlledOpenWaitsForPush(t *testing.T) {
 	var _ kmm.Topology = c
 
 	// The controller refuses: the error reaches the KMM.
-	c.open = func(context.Context, string, string) error { return kmm.ErrUnknownSAE }
+	c.open = func(context.Context, kmm.AppRequest) (string, error) { return "", kmm.ErrUnknownSAE }
 	if err := c.Open(context.Background(), "SAE_B", "SAE_Z"); !errors.Is(err, kmm.ErrUnknownSAE) {
 		t.Errorf("err = %v", err)
 	}
 	// The controller accepts but the push never comes: bounded wait.
-	c.open = func(context.Context, string, string) error { return nil }
+	c.open = func(context.Context, kmm.AppRequest) (string, error) { return "", nil }
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if err := c.Open(ctx, "SAE_B", "SAE_Q"); err == nil {

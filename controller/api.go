@@ -265,7 +265,7 @@ func (a *networkAPI) RemoveApplication(ctx context.Context, req *qkdv1.RemoveApp
 func (c *Controller) appProto(a state.AppInfo, live map[string]nodeLive) *qkdv1.Application {
 	out := &qkdv1.Application{
 		AppId: a.ID, MasterSaeId: a.MasterSAE, SlaveSaeId: a.SlaveSAE, MasterNode: a.MasterNode, SlaveNode: a.SlaveNode,
-		Priority: a.Priority,
+		Priority: a.Priority, ConnectedSaes: a.Connected, KeyChunkSize: a.ChunkSize,
 		Qos: &qkdv1.AppQoS{MaxBandwidth: a.QoS.MaxBandwidth, MinBandwidth: a.QoS.MinBandwidth, Jitter: a.QoS.Jitter, Ttl: a.QoS.TTL,
 			ClientsSharedPathEnable: a.QoS.SharedPath, ClientsSharedKeysRequired: a.QoS.SharedKeys},
 	}

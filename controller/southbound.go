@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -160,26 +162,25 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 		return nil, err
 	}
 	appID := qkd015.AppID(master, slave)
+	minBPS := req.GetQos().GetMinBandwidth()
 	var (
-		existing   state.AppInfo
-		found      bool
-		mn, sn     string
-		okM, okS   bool
-		path       []string
-		index      uint64
-		pathErrMsg string
+		existing state.AppInfo
+		found    bool
+		mn, sn   string
+		okM, okS bool
+		path     []string
+		index    uint64
+		refusal  error
 	)
 	c := s.c
+	live := c.hub.snapshotLive()
 	c.fsm.Read(func(st *state.State) {
 		index = st.Index()
 		existing, found = st.App(appID)
 		mn, okM = st.SAENode(master)
 		sn, okS = st.SAENode(slave)
 		if !found && okM && okS && mn != sn {
-			path = st.ShortestPath(mn, sn, state.Hops)
-			if path == nil {
-				pathErrMsg = fmt.Sprintf("no path of enabled QKD links joins node %s (SAE %s) to node %s (SAE %s)", mn, master, sn, slave)
-			}
+			path, refusal = choosePath(st, live, mn, sn, minBPS)
 		}
 	})
 	switch {
@@ -193,12 +194,12 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 		return nil, status.Errorf(codes.InvalidArgument, "SAEs %s and %s are both attached to node %s", master, slave, mn)
 	case found:
 		return &qkdv1.OpenApplicationResponse{Application: c.appProto(existing, nil), ConfigVersion: index}, nil
-	case pathErrMsg != "":
-		return nil, status.Error(codes.FailedPrecondition, pathErrMsg)
+	case refusal != nil:
+		return nil, refusal
 	}
 	q := req.GetQos()
 	spec := state.AppSpec{
-		ID: appID, MasterSAE: master, SlaveSAE: slave, Path: path, Priority: req.GetPriority(),
+		ID: appID, MasterSAE: master, SlaveSAE: slave, Path: path, Priority: req.GetPriority(), ChunkSize: req.GetKeyChunkSize(),
 		Created: c.cfg.Clock().UTC().Format(time.RFC3339),
 		QoS: state.QoS{MaxBandwidth: q.GetMaxBandwidth(), MinBandwidth: q.GetMinBandwidth(), Jitter: q.GetJitter(), TTL: q.GetTtl(),
 			SharedPath: q.GetClientsSharedPathEnable(), SharedKeys: q.GetClientsSharedKeysRequired()},
@@ -216,4 +217,116 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 		c.logger.Info("application opened", "app_id", appID, "master_sae", master, "slave_sae", slave, "path", path, "index", r.Index)
 	}
 	return &qkdv1.OpenApplicationResponse{Application: c.appProto(*info, nil), ConfigVersion: r.Index, Created: created}, nil
+}
+
+// The ErrorInfo reasons of a refused OpenApplication.
+const (
+	ReasonNoPath    = "NO_PATH"
+	ReasonQoSNotMet = "QOS_NOT_MET"
+)
+
+// linkLoad is what a link can still carry: its secret key rate as the
+// Master node last measured it, what the applications on it are promised,
+// and its pool level.
+type linkLoad struct {
+	skr, reserved, pool uint64
+}
+
+func (l linkLoad) available() uint64 {
+	if l.reserved >= l.skr {
+		return 0
+	}
+	return l.skr - l.reserved
+}
+
+func loads(st *state.State, live map[string]nodeLive) map[string]linkLoad {
+	out := map[string]linkLoad{}
+	for _, l := range st.Links() {
+		ld := linkLoad{}
+		for _, ls := range live[l.Master].status.GetLinks() {
+			if ls.GetLink() == l.Name {
+				ld.skr, ld.pool = ls.GetSkr(), ls.GetPoolKeys()
+			}
+		}
+		for _, id := range l.Apps {
+			a, _ := st.App(id)
+			ld.reserved += uint64(a.QoS.MinBandwidth)
+		}
+		out[l.Name] = ld
+	}
+	return out
+}
+
+// choosePath picks the path for a new application from node from to node
+// to: the fewest hops, preferring links with less of their key rate promised
+// and more key in their pool; with minBPS, only links that can still carry
+// it (a link whose rate is not measured yet is taken as able to).
+func choosePath(st *state.State, live map[string]nodeLive, from, to string, minBPS uint32) ([]string, error) {
+	ld := loads(st, live)
+	weight := func(l state.LinkInfo) float64 {
+		x := ld[l.Name]
+		w := 1.0
+		if x.skr > 0 {
+			if minBPS > 0 && x.available() < uint64(minBPS) {
+				return -1
+			}
+			w += float64(x.reserved) / float64(x.skr)
+		}
+		return w + 1/(1+float64(x.pool)/1024)
+	}
+	if p := st.ShortestPath(from, to, weight); p != nil {
+		return p, nil
+	}
+	if st.ShortestPath(from, to, state.Hops) == nil {
+		return nil, refuse(ReasonNoPath, nil, "no path of enabled QKD links joins node %s to node %s", from, to)
+	}
+	// There is a path, but it cannot carry minBPS: say what the best one can.
+	best := uint64(0)
+	if p := st.ShortestPath(from, to, func(l state.LinkInfo) float64 { return 1e12 / float64(1+ld[l.Name].available()) }); p != nil {
+		best = ^uint64(0)
+		for _, name := range p {
+			if x := ld[name]; x.skr > 0 {
+				best = min(best, x.available())
+			}
+		}
+	}
+	return nil, refuse(ReasonQoSNotMet, map[string]string{"available_bps": strconv.FormatUint(best, 10)},
+		"no path from node %s to node %s can carry min_bandwidth %d bit/s; the best can carry %d", from, to, minBPS, best)
+}
+
+func refuse(reason string, md map[string]string, format string, a ...any) error {
+	st := status.New(codes.FailedPrecondition, fmt.Sprintf(format, a...))
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: "qkdnet", Metadata: md}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+func (s *southbound) ConnectApplication(ctx context.Context, req *qkdv1.ConnectApplicationRequest) (*qkdv1.ConnectApplicationResponse, error) {
+	id, err := callerOf(ctx, pki.KindNode)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.c.verifyLeader(); err != nil {
+		return nil, err
+	}
+	var node string
+	s.c.fsm.Read(func(st *state.State) { node, _ = st.SAENode(req.GetSaeId()) })
+	if node != id.ID {
+		return nil, status.Errorf(codes.PermissionDenied, "node %s does not serve SAE %q", id.ID, req.GetSaeId())
+	}
+	op := state.OpLeaveApp
+	if req.GetConnect() {
+		op = state.OpJoinApp
+	}
+	r, err := s.c.propose(ctx, state.Command{Op: op, Name: req.GetAppId(), SAE: &state.SAESpec{ID: req.GetSaeId()}})
+	if err != nil {
+		return nil, err
+	}
+	out := &qkdv1.ConnectApplicationResponse{ConfigVersion: r.Index}
+	if a, _ := r.Value.(*state.AppInfo); a != nil {
+		out.Application = s.c.appProto(*a, nil)
+	}
+	s.c.logger.Info("application connection", "app_id", req.GetAppId(), "sae", req.GetSaeId(), "connect", req.GetConnect(), "index", r.Index)
+	return out, nil
 }

@@ -149,15 +149,18 @@ func (s Settings) Validate() error {
 // KMM is one node's key management module.
 type KMM struct {
 	qkdv1.UnimplementedKeyServiceServer
+	qkdv1.UnimplementedKeyStreamServiceServer
 
-	set    Settings
-	store  *keystore.Store
-	topo   Topology
-	peers  Peers
-	apps   Apps
-	alloc  *allocator.Allocator
-	stats  *stats.Stats
-	logger *slog.Logger
+	set     Settings
+	store   *keystore.Store
+	topo    Topology
+	peers   Peers
+	apps    Apps
+	streams KeyStreams
+	c004    conns004
+	alloc   *allocator.Allocator
+	stats   *stats.Stats
+	logger  *slog.Logger
 
 	mu        sync.Mutex      // guards announced
 	announced map[string]bool // streams the link's Master KMM has been told of

@@ -62,6 +62,12 @@ func New(srv qkdv1.KeyServiceServer, logger *slog.Logger) (http.Handler, error) 
 	if err := qkdv1.RegisterKeyServiceHandlerServer(context.Background(), mux, srv); err != nil {
 		return nil, fmt.Errorf("gateway: register KeyService: %w", err)
 	}
+	// ETSI GS QKD 004 over REST, where the server also speaks it.
+	if ks, ok := srv.(qkdv1.KeyStreamServiceServer); ok {
+		if err := qkdv1.RegisterKeyStreamServiceHandlerServer(context.Background(), mux, ks); err != nil {
+			return nil, fmt.Errorf("gateway: register KeyStreamService: %w", err)
+		}
+	}
 	return g.logRequests(requireSAE(mux)), nil
 }
 

@@ -20,6 +20,8 @@ const (
 	OpRemoveSAE    Op = "remove_sae"
 	OpOpenApp      Op = "open_app"
 	OpRemoveApp    Op = "remove_app"
+	OpJoinApp      Op = "join_app"  // an SAE connects to an application (ETSI 004 OPEN_CONNECT)
+	OpLeaveApp     Op = "leave_app" // an SAE closes it (ETSI 004 CLOSE); the last one removes it
 	OpSetMember    Op = "set_member"
 	OpRemoveMember Op = "remove_member"
 )
@@ -36,7 +38,8 @@ type Command struct {
 	App    *AppSpec  `json:"app,omitempty"`
 	Member *Member   `json:"member,omitempty"`
 	// Name names what a remove_* command removes (node, link, SAE, app ID
-	// or member ID).
+	// or member ID), or the application join_app and leave_app are about
+	// (with the SAE in SAE.ID).
 	Name string `json:"name,omitempty"`
 }
 
@@ -105,6 +108,8 @@ type AppSpec struct {
 	Priority uint32   `json:"priority,omitempty"`
 	// Created is the leader's clock at proposal, as YANG date-and-time.
 	Created string `json:"created"`
+	// ChunkSize is the ETSI 004 key chunk size in bytes (0: none given).
+	ChunkSize uint32 `json:"chunk_size,omitempty"`
 }
 
 // Member is a controller replica.

@@ -94,10 +94,13 @@ func (s *State) reindex() {
 					ss, _ = qkd015.SAEFromURI(qa.ClientAppId[0])
 				}
 				q := qa.GetAppQos()
-				a = &AppInfo{ID: id, MasterSAE: ms, SlaveSAE: ss, Priority: qa.GetAppPriority(), Created: qa.GetCreationTime(),
+				a = &AppInfo{ID: id, MasterSAE: ms, SlaveSAE: ss, Priority: qa.GetAppPriority(), Created: qa.GetCreationTime(), ChunkSize: qa.GetKeyChunkSize(),
 					QoS: QoS{MaxBandwidth: q.GetMaxBandwidth(), MinBandwidth: q.GetMinBandwidth(), Jitter: q.GetJitter(), TTL: q.GetTtl(),
 						SharedPath: q.GetClientsSharedPathEnable(), SharedKeys: q.GetClientsSharedKeysRequired()}}
 				s.apps[id] = a
+			}
+			if len(qa.ConnectedSae) > 0 {
+				a.Connected = slices.Sorted(slices.Values(qa.ConnectedSae))
 			}
 			for lid, h := range qkd015.Hops(qa) {
 				hops[id] = append(hops[id], hop{h.GetIndex(), lid})

@@ -58,6 +58,10 @@ type AppInfo struct {
 	QoS      QoS
 	Priority uint32
 	Created  string
+	// Connected are the SAEs connected through ETSI 004, sorted.
+	Connected []string
+	// ChunkSize is the ETSI 004 key chunk size in bytes, 0 if none.
+	ChunkSize uint32
 }
 
 // State is the replicated state.
@@ -139,6 +143,11 @@ func (s *State) Apply(index uint64, c Command) (any, error) {
 		return s.openApp(*c.App)
 	case OpRemoveApp:
 		return nil, s.removeApp(c.Name)
+	case OpJoinApp, OpLeaveApp:
+		if c.SAE == nil {
+			return nil, invalid("%s without SAE", c.Op)
+		}
+		return s.connect(c.Name, c.SAE.ID, c.Op == OpJoinApp)
 	case OpSetMember:
 		if c.Member == nil || c.Member.ID == "" {
 			return nil, invalid("set_member without member")
@@ -528,7 +537,7 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 		return nil, err
 	}
 	info := &AppInfo{ID: a.ID, MasterSAE: a.MasterSAE, SlaveSAE: a.SlaveSAE, MasterNode: mn, SlaveNode: sn,
-		Path: slices.Clone(a.Path), Nodes: nodes, QoS: a.QoS, Priority: a.Priority, Created: a.Created}
+		Path: slices.Clone(a.Path), Nodes: nodes, QoS: a.QoS, Priority: a.Priority, Created: a.Created, ChunkSize: a.ChunkSize}
 	for _, name := range a.Path {
 		info.Masters = append(info.Masters, s.links[name].Master)
 	}
@@ -545,6 +554,9 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 			AppPriority: ygot.Uint32(a.Priority), LocalQkdnId: t.QkdnId}
 		if a.Created != "" {
 			qa.CreationTime = ygot.String(a.Created)
+		}
+		if a.ChunkSize > 0 {
+			qa.KeyChunkSize = ygot.Uint32(a.ChunkSize)
 		}
 		qa.AppQos = &qkd015.AppQoS{MaxBandwidth: ygot.Uint32(a.QoS.MaxBandwidth), MinBandwidth: ygot.Uint32(a.QoS.MinBandwidth),
 			Jitter: ygot.Uint32(a.QoS.Jitter), Ttl: ygot.Uint32(a.QoS.TTL),
@@ -621,6 +633,42 @@ func (s *State) removeApp(id string) error {
 		l.Apps = slices.DeleteFunc(l.Apps, func(x string) bool { return x == id })
 	}
 	return nil
+}
+
+// connect adds an SAE to (join) or removes it from (leave) the connected
+// SAEs of an application at every node of its path. When the last one
+// leaves, the application is removed. It returns the application after the
+// change (nil if removed).
+func (s *State) connect(appID, sae string, join bool) (*AppInfo, error) {
+	a, ok := s.apps[appID]
+	if !ok {
+		return nil, notFound("application %q", appID)
+	}
+	if sae != a.MasterSAE && sae != a.SlaveSAE {
+		return nil, invalid("SAE %s is not a party of application %s (%s -> %s)", sae, appID, a.MasterSAE, a.SlaveSAE)
+	}
+	has := slices.Contains(a.Connected, sae)
+	switch {
+	case join && has:
+		return nil, exists("SAE %s is already connected to application %s", sae, appID)
+	case !join && !has:
+		return nil, notFound("SAE %s is not connected to application %s", sae, appID)
+	}
+	next := slices.DeleteFunc(slices.Clone(a.Connected), func(x string) bool { return x == sae })
+	if join {
+		next = append(next, sae)
+		slices.Sort(next)
+	}
+	if len(next) == 0 {
+		return nil, s.removeApp(appID)
+	}
+	for _, n := range a.Nodes {
+		s.nodes[n].GetQkdApplications().GetQkdApp(appID).ConnectedSae = slices.Clone(next)
+	}
+	a.Connected = next
+	s.touch(a.Nodes...)
+	cp := *a
+	return &cp, nil
 }
 
 // ---- reads ----

@@ -396,3 +396,61 @@ func BenchmarkPath1000(b *testing.B) {
 		}
 	}
 }
+
+func TestJoinAndLeave(t *testing.T) {
+	s := New()
+	apply(t, s, append(fig4(), addNode("C"), addSAE("SAE_C", "C"), openApp("SAE_A", "SAE_B", "FSO_AB"))...)
+	id := qkd015.AppID("SAE_A", "SAE_B")
+	join := func(sae string) Command { return Command{Op: OpJoinApp, Name: id, SAE: &SAESpec{ID: sae}} }
+	leave := func(sae string) Command { return Command{Op: OpLeaveApp, Name: id, SAE: &SAESpec{ID: sae}} }
+	v, err := s.Apply(s.Index()+1, join("SAE_B"))
+	if err != nil || !slices.Equal(v.(*AppInfo).Connected, []string{"SAE_B"}) {
+		t.Fatalf("join = %v, %v", v, err)
+	}
+	apply(t, s, join("SAE_A"))
+	for _, n := range []string{"A", "B"} {
+		tree, _ := s.Node(n)
+		if got := tree.GetQkdApplications().GetQkdApp(id).ConnectedSae; !slices.Equal(got, []string{"SAE_A", "SAE_B"}) {
+			t.Errorf("node %s: connected_sae = %v", n, got)
+		}
+	}
+	r, err := Restore(snap(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := r.App(id); !slices.Equal(a.Connected, []string{"SAE_A", "SAE_B"}) {
+		t.Errorf("restored connected = %v", a.Connected)
+	}
+	for _, tc := range []struct {
+		cmd  Command
+		want error
+	}{
+		{join("SAE_A"), ErrExists},
+		{join("SAE_C"), ErrInvalid},
+		{Command{Op: OpJoinApp, Name: "nope", SAE: &SAESpec{ID: "SAE_A"}}, ErrNotFound},
+		{Command{Op: OpJoinApp, Name: id}, ErrInvalid},
+	} {
+		before := snap(t, s)
+		if _, err := s.Apply(s.Index()+1, tc.cmd); !errors.Is(err, tc.want) {
+			t.Errorf("%+v: err = %v, want %v", tc.cmd, err, tc.want)
+		}
+		if !bytes.Equal(withoutIndex(before), withoutIndex(snap(t, s))) {
+			t.Errorf("%+v changed the state", tc.cmd)
+		}
+	}
+	apply(t, s, leave("SAE_A"))
+	if _, err := s.Apply(s.Index()+1, leave("SAE_A")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second leave: %v", err)
+	}
+	// The last party leaving removes the application everywhere.
+	v, err = s.Apply(s.Index()+1, leave("SAE_B"))
+	if err != nil || v.(*AppInfo) != nil {
+		t.Fatalf("last leave = %v, %v", v, err)
+	}
+	if _, ok := s.App(id); ok {
+		t.Error("application still there")
+	}
+	if l, _ := s.Link("FSO_AB"); len(l.Apps) != 0 {
+		t.Errorf("link still carries %v", l.Apps)
+	}
+}

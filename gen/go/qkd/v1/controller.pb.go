@@ -941,11 +941,13 @@ func (x *AppQoS) GetClientsSharedKeysRequired() bool {
 
 // OpenApplicationRequest names the SAE pair of a key stream.
 type OpenApplicationRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MasterSaeId   string                 `protobuf:"bytes,1,opt,name=master_sae_id,json=masterSaeId,proto3" json:"master_sae_id,omitempty"`
-	SlaveSaeId    string                 `protobuf:"bytes,2,opt,name=slave_sae_id,json=slaveSaeId,proto3" json:"slave_sae_id,omitempty"`
-	Qos           *AppQoS                `protobuf:"bytes,3,opt,name=qos,proto3" json:"qos,omitempty"`
-	Priority      uint32                 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	MasterSaeId string                 `protobuf:"bytes,1,opt,name=master_sae_id,json=masterSaeId,proto3" json:"master_sae_id,omitempty"`
+	SlaveSaeId  string                 `protobuf:"bytes,2,opt,name=slave_sae_id,json=slaveSaeId,proto3" json:"slave_sae_id,omitempty"`
+	Qos         *AppQoS                `protobuf:"bytes,3,opt,name=qos,proto3" json:"qos,omitempty"`
+	Priority    uint32                 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	// key_chunk_size is the ETSI 004 chunk size in bytes (0 for 014 streams).
+	KeyChunkSize  uint32 `protobuf:"varint,5,opt,name=key_chunk_size,json=keyChunkSize,proto3" json:"key_chunk_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1004,6 +1006,13 @@ func (x *OpenApplicationRequest) GetQos() *AppQoS {
 func (x *OpenApplicationRequest) GetPriority() uint32 {
 	if x != nil {
 		return x.Priority
+	}
+	return 0
+}
+
+func (x *OpenApplicationRequest) GetKeyChunkSize() uint32 {
+	if x != nil {
+		return x.KeyChunkSize
 	}
 	return 0
 }
@@ -1091,6 +1100,9 @@ type Application struct {
 	// statuses are the app_status reported by the nodes, by node name.
 	Statuses      map[string]string `protobuf:"bytes,9,rep,name=statuses,proto3" json:"statuses,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	KeysDelivered uint64            `protobuf:"varint,10,opt,name=keys_delivered,json=keysDelivered,proto3" json:"keys_delivered,omitempty"`
+	// connected_saes are the SAEs connected through ETSI 004.
+	ConnectedSaes []string `protobuf:"bytes,11,rep,name=connected_saes,json=connectedSaes,proto3" json:"connected_saes,omitempty"`
+	KeyChunkSize  uint32   `protobuf:"varint,12,opt,name=key_chunk_size,json=keyChunkSize,proto3" json:"key_chunk_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1195,6 +1207,135 @@ func (x *Application) GetKeysDelivered() uint64 {
 	return 0
 }
 
+func (x *Application) GetConnectedSaes() []string {
+	if x != nil {
+		return x.ConnectedSaes
+	}
+	return nil
+}
+
+func (x *Application) GetKeyChunkSize() uint32 {
+	if x != nil {
+		return x.KeyChunkSize
+	}
+	return 0
+}
+
+// ConnectApplicationRequest connects or disconnects an SAE.
+type ConnectApplicationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AppId         string                 `protobuf:"bytes,1,opt,name=app_id,json=appId,proto3" json:"app_id,omitempty"`
+	SaeId         string                 `protobuf:"bytes,2,opt,name=sae_id,json=saeId,proto3" json:"sae_id,omitempty"`
+	Connect       bool                   `protobuf:"varint,3,opt,name=connect,proto3" json:"connect,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectApplicationRequest) Reset() {
+	*x = ConnectApplicationRequest{}
+	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectApplicationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectApplicationRequest) ProtoMessage() {}
+
+func (x *ConnectApplicationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectApplicationRequest.ProtoReflect.Descriptor instead.
+func (*ConnectApplicationRequest) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ConnectApplicationRequest) GetAppId() string {
+	if x != nil {
+		return x.AppId
+	}
+	return ""
+}
+
+func (x *ConnectApplicationRequest) GetSaeId() string {
+	if x != nil {
+		return x.SaeId
+	}
+	return ""
+}
+
+func (x *ConnectApplicationRequest) GetConnect() bool {
+	if x != nil {
+		return x.Connect
+	}
+	return false
+}
+
+// ConnectApplicationResponse carries the application after the change
+// (absent when the last SAE closed it and it was removed).
+type ConnectApplicationResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Application   *Application           `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	ConfigVersion uint64                 `protobuf:"varint,2,opt,name=config_version,json=configVersion,proto3" json:"config_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectApplicationResponse) Reset() {
+	*x = ConnectApplicationResponse{}
+	mi := &file_qkd_v1_controller_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectApplicationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectApplicationResponse) ProtoMessage() {}
+
+func (x *ConnectApplicationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_controller_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectApplicationResponse.ProtoReflect.Descriptor instead.
+func (*ConnectApplicationResponse) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ConnectApplicationResponse) GetApplication() *Application {
+	if x != nil {
+		return x.Application
+	}
+	return nil
+}
+
+func (x *ConnectApplicationResponse) GetConfigVersion() uint64 {
+	if x != nil {
+		return x.ConfigVersion
+	}
+	return 0
+}
+
 // OpenApplicationResponse carries the application and the Raft index at
 // which it exists; a node has it once it runs that configuration version.
 type OpenApplicationResponse struct {
@@ -1209,7 +1350,7 @@ type OpenApplicationResponse struct {
 
 func (x *OpenApplicationResponse) Reset() {
 	*x = OpenApplicationResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	mi := &file_qkd_v1_controller_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1362,7 @@ func (x *OpenApplicationResponse) String() string {
 func (*OpenApplicationResponse) ProtoMessage() {}
 
 func (x *OpenApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	mi := &file_qkd_v1_controller_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1375,7 @@ func (x *OpenApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenApplicationResponse.ProtoReflect.Descriptor instead.
 func (*OpenApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{16}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OpenApplicationResponse) GetApplication() *Application {
@@ -1267,7 +1408,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[17]
+	mi := &file_qkd_v1_controller_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1420,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[17]
+	mi := &file_qkd_v1_controller_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1433,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{17}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{19}
 }
 
 // Member is one controller replica.
@@ -1310,7 +1451,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[18]
+	mi := &file_qkd_v1_controller_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1463,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[18]
+	mi := &file_qkd_v1_controller_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1476,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{18}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Member) GetId() string {
@@ -1394,7 +1535,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[19]
+	mi := &file_qkd_v1_controller_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1547,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[19]
+	mi := &file_qkd_v1_controller_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1560,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{19}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -1504,7 +1645,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[20]
+	mi := &file_qkd_v1_controller_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1516,7 +1657,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[20]
+	mi := &file_qkd_v1_controller_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1529,7 +1670,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{20}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1563,7 +1704,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[21]
+	mi := &file_qkd_v1_controller_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1716,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[21]
+	mi := &file_qkd_v1_controller_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1729,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{21}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JoinResponse) GetIndex() uint64 {
@@ -1608,7 +1749,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[22]
+	mi := &file_qkd_v1_controller_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1761,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[22]
+	mi := &file_qkd_v1_controller_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1774,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{22}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LeaveRequest) GetId() string {
@@ -1653,7 +1794,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[23]
+	mi := &file_qkd_v1_controller_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1806,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[23]
+	mi := &file_qkd_v1_controller_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1819,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{23}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaveResponse) GetIndex() uint64 {
@@ -1697,7 +1838,7 @@ type GetNetworkRequest struct {
 
 func (x *GetNetworkRequest) Reset() {
 	*x = GetNetworkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[24]
+	mi := &file_qkd_v1_controller_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1850,7 @@ func (x *GetNetworkRequest) String() string {
 func (*GetNetworkRequest) ProtoMessage() {}
 
 func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[24]
+	mi := &file_qkd_v1_controller_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1863,7 @@ func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{24}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{26}
 }
 
 // NodeInfo is a node as the controller holds it.
@@ -1747,7 +1888,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[25]
+	mi := &file_qkd_v1_controller_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1900,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[25]
+	mi := &file_qkd_v1_controller_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1913,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{25}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -1863,7 +2004,7 @@ type LinkInfo struct {
 
 func (x *LinkInfo) Reset() {
 	*x = LinkInfo{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[26]
+	mi := &file_qkd_v1_controller_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +2016,7 @@ func (x *LinkInfo) String() string {
 func (*LinkInfo) ProtoMessage() {}
 
 func (x *LinkInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[26]
+	mi := &file_qkd_v1_controller_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +2029,7 @@ func (x *LinkInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkInfo.ProtoReflect.Descriptor instead.
 func (*LinkInfo) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{26}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LinkInfo) GetName() string {
@@ -1993,7 +2134,7 @@ type SAEInfo struct {
 
 func (x *SAEInfo) Reset() {
 	*x = SAEInfo{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[27]
+	mi := &file_qkd_v1_controller_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2146,7 @@ func (x *SAEInfo) String() string {
 func (*SAEInfo) ProtoMessage() {}
 
 func (x *SAEInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[27]
+	mi := &file_qkd_v1_controller_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2159,7 @@ func (x *SAEInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SAEInfo.ProtoReflect.Descriptor instead.
 func (*SAEInfo) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{27}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SAEInfo) GetSaeId() string {
@@ -2049,7 +2190,7 @@ type GetNetworkResponse struct {
 
 func (x *GetNetworkResponse) Reset() {
 	*x = GetNetworkResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[28]
+	mi := &file_qkd_v1_controller_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2202,7 @@ func (x *GetNetworkResponse) String() string {
 func (*GetNetworkResponse) ProtoMessage() {}
 
 func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[28]
+	mi := &file_qkd_v1_controller_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2215,7 @@ func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{28}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetNetworkResponse) GetNodes() []*NodeInfo {
@@ -2122,7 +2263,7 @@ type GetNodeConfigRequest struct {
 
 func (x *GetNodeConfigRequest) Reset() {
 	*x = GetNodeConfigRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[29]
+	mi := &file_qkd_v1_controller_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2275,7 @@ func (x *GetNodeConfigRequest) String() string {
 func (*GetNodeConfigRequest) ProtoMessage() {}
 
 func (x *GetNodeConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[29]
+	mi := &file_qkd_v1_controller_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2288,7 @@ func (x *GetNodeConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeConfigRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{29}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetNodeConfigRequest) GetNode() string {
@@ -2168,7 +2309,7 @@ type GetNodeConfigResponse struct {
 
 func (x *GetNodeConfigResponse) Reset() {
 	*x = GetNodeConfigResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[30]
+	mi := &file_qkd_v1_controller_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2180,7 +2321,7 @@ func (x *GetNodeConfigResponse) String() string {
 func (*GetNodeConfigResponse) ProtoMessage() {}
 
 func (x *GetNodeConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[30]
+	mi := &file_qkd_v1_controller_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2193,7 +2334,7 @@ func (x *GetNodeConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeConfigResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{30}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetNodeConfigResponse) GetConfigVersion() uint64 {
@@ -2220,7 +2361,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[31]
+	mi := &file_qkd_v1_controller_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2373,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[31]
+	mi := &file_qkd_v1_controller_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2386,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{31}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteResponse) GetConfigVersion() uint64 {
@@ -2267,7 +2408,7 @@ type AddNodeRequest struct {
 
 func (x *AddNodeRequest) Reset() {
 	*x = AddNodeRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[32]
+	mi := &file_qkd_v1_controller_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2420,7 @@ func (x *AddNodeRequest) String() string {
 func (*AddNodeRequest) ProtoMessage() {}
 
 func (x *AddNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[32]
+	mi := &file_qkd_v1_controller_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2433,7 @@ func (x *AddNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddNodeRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{32}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AddNodeRequest) GetName() string {
@@ -2326,7 +2467,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[33]
+	mi := &file_qkd_v1_controller_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2338,7 +2479,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[33]
+	mi := &file_qkd_v1_controller_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2351,7 +2492,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{33}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveNodeRequest) GetName() string {
@@ -2381,7 +2522,7 @@ type AddLinkRequest struct {
 
 func (x *AddLinkRequest) Reset() {
 	*x = AddLinkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[34]
+	mi := &file_qkd_v1_controller_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2534,7 @@ func (x *AddLinkRequest) String() string {
 func (*AddLinkRequest) ProtoMessage() {}
 
 func (x *AddLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[34]
+	mi := &file_qkd_v1_controller_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2547,7 @@ func (x *AddLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLinkRequest.ProtoReflect.Descriptor instead.
 func (*AddLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{34}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AddLinkRequest) GetName() string {
@@ -2468,7 +2609,7 @@ type RemoveLinkRequest struct {
 
 func (x *RemoveLinkRequest) Reset() {
 	*x = RemoveLinkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[35]
+	mi := &file_qkd_v1_controller_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2621,7 @@ func (x *RemoveLinkRequest) String() string {
 func (*RemoveLinkRequest) ProtoMessage() {}
 
 func (x *RemoveLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[35]
+	mi := &file_qkd_v1_controller_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2634,7 @@ func (x *RemoveLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLinkRequest.ProtoReflect.Descriptor instead.
 func (*RemoveLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{35}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RemoveLinkRequest) GetName() string {
@@ -2514,7 +2655,7 @@ type AddSAERequest struct {
 
 func (x *AddSAERequest) Reset() {
 	*x = AddSAERequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[36]
+	mi := &file_qkd_v1_controller_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2526,7 +2667,7 @@ func (x *AddSAERequest) String() string {
 func (*AddSAERequest) ProtoMessage() {}
 
 func (x *AddSAERequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[36]
+	mi := &file_qkd_v1_controller_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2539,7 +2680,7 @@ func (x *AddSAERequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddSAERequest.ProtoReflect.Descriptor instead.
 func (*AddSAERequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{36}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AddSAERequest) GetSaeId() string {
@@ -2566,7 +2707,7 @@ type RemoveSAERequest struct {
 
 func (x *RemoveSAERequest) Reset() {
 	*x = RemoveSAERequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	mi := &file_qkd_v1_controller_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2719,7 @@ func (x *RemoveSAERequest) String() string {
 func (*RemoveSAERequest) ProtoMessage() {}
 
 func (x *RemoveSAERequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	mi := &file_qkd_v1_controller_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2732,7 @@ func (x *RemoveSAERequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSAERequest.ProtoReflect.Descriptor instead.
 func (*RemoveSAERequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{37}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveSAERequest) GetSaeId() string {
@@ -2611,7 +2752,7 @@ type RemoveApplicationRequest struct {
 
 func (x *RemoveApplicationRequest) Reset() {
 	*x = RemoveApplicationRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[38]
+	mi := &file_qkd_v1_controller_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2764,7 @@ func (x *RemoveApplicationRequest) String() string {
 func (*RemoveApplicationRequest) ProtoMessage() {}
 
 func (x *RemoveApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[38]
+	mi := &file_qkd_v1_controller_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2777,7 @@ func (x *RemoveApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveApplicationRequest.ProtoReflect.Descriptor instead.
 func (*RemoveApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{38}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveApplicationRequest) GetAppId() string {
@@ -2717,20 +2858,21 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\x06jitter\x18\x03 \x01(\rR\x06jitter\x12\x10\n" +
 	"\x03ttl\x18\x04 \x01(\rR\x03ttl\x12;\n" +
 	"\x1aclients_shared_path_enable\x18\x05 \x01(\bR\x17clientsSharedPathEnable\x12?\n" +
-	"\x1cclients_shared_keys_required\x18\x06 \x01(\bR\x19clientsSharedKeysRequired\"\x9c\x01\n" +
+	"\x1cclients_shared_keys_required\x18\x06 \x01(\bR\x19clientsSharedKeysRequired\"\xc2\x01\n" +
 	"\x16OpenApplicationRequest\x12\"\n" +
 	"\rmaster_sae_id\x18\x01 \x01(\tR\vmasterSaeId\x12 \n" +
 	"\fslave_sae_id\x18\x02 \x01(\tR\n" +
 	"slaveSaeId\x12 \n" +
 	"\x03qos\x18\x03 \x01(\v2\x0e.qkd.v1.AppQoSR\x03qos\x12\x1a\n" +
-	"\bpriority\x18\x04 \x01(\rR\bpriority\"r\n" +
+	"\bpriority\x18\x04 \x01(\rR\bpriority\x12$\n" +
+	"\x0ekey_chunk_size\x18\x05 \x01(\rR\fkeyChunkSize\"r\n" +
 	"\x03Hop\x12\x12\n" +
 	"\x04link\x18\x01 \x01(\tR\x04link\x12\x17\n" +
 	"\aqkdl_id\x18\x02 \x01(\tR\x06qkdlId\x12\x1f\n" +
 	"\vmaster_node\x18\x03 \x01(\tR\n" +
 	"masterNode\x12\x1d\n" +
 	"\n" +
-	"slave_node\x18\x04 \x01(\tR\tslaveNode\"\xac\x03\n" +
+	"slave_node\x18\x04 \x01(\tR\tslaveNode\"\xf9\x03\n" +
 	"\vApplication\x12\x15\n" +
 	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\"\n" +
 	"\rmaster_sae_id\x18\x02 \x01(\tR\vmasterSaeId\x12 \n" +
@@ -2745,10 +2887,19 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\bpriority\x18\b \x01(\rR\bpriority\x12=\n" +
 	"\bstatuses\x18\t \x03(\v2!.qkd.v1.Application.StatusesEntryR\bstatuses\x12%\n" +
 	"\x0ekeys_delivered\x18\n" +
-	" \x01(\x04R\rkeysDelivered\x1a;\n" +
+	" \x01(\x04R\rkeysDelivered\x12%\n" +
+	"\x0econnected_saes\x18\v \x03(\tR\rconnectedSaes\x12$\n" +
+	"\x0ekey_chunk_size\x18\f \x01(\rR\fkeyChunkSize\x1a;\n" +
 	"\rStatusesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x91\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
+	"\x19ConnectApplicationRequest\x12\x15\n" +
+	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\x15\n" +
+	"\x06sae_id\x18\x02 \x01(\tR\x05saeId\x12\x18\n" +
+	"\aconnect\x18\x03 \x01(\bR\aconnect\"z\n" +
+	"\x1aConnectApplicationResponse\x125\n" +
+	"\vapplication\x18\x01 \x01(\v2\x13.qkd.v1.ApplicationR\vapplication\x12%\n" +
+	"\x0econfig_version\x18\x02 \x01(\x04R\rconfigVersion\"\x91\x01\n" +
 	"\x17OpenApplicationResponse\x125\n" +
 	"\vapplication\x18\x01 \x01(\v2\x13.qkd.v1.ApplicationR\vapplication\x12%\n" +
 	"\x0econfig_version\x18\x02 \x01(\x04R\rconfigVersion\x12\x18\n" +
@@ -2856,11 +3007,12 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\x10RemoveSAERequest\x12\x15\n" +
 	"\x06sae_id\x18\x01 \x01(\tR\x05saeId\"1\n" +
 	"\x18RemoveApplicationRequest\x12\x15\n" +
-	"\x06app_id\x18\x01 \x01(\tR\x05appId2\xe6\x01\n" +
+	"\x06app_id\x18\x01 \x01(\tR\x05appId2\xc3\x02\n" +
 	"\x11ControllerService\x12=\n" +
 	"\bRegister\x12\x17.qkd.v1.RegisterRequest\x1a\x18.qkd.v1.RegisterResponse\x12>\n" +
 	"\aSession\x12\x16.qkd.v1.SessionRequest\x1a\x17.qkd.v1.SessionResponse(\x010\x01\x12R\n" +
-	"\x0fOpenApplication\x12\x1e.qkd.v1.OpenApplicationRequest\x1a\x1f.qkd.v1.OpenApplicationResponse2\xb2\x01\n" +
+	"\x0fOpenApplication\x12\x1e.qkd.v1.OpenApplicationRequest\x1a\x1f.qkd.v1.OpenApplicationResponse\x12[\n" +
+	"\x12ConnectApplication\x12!.qkd.v1.ConnectApplicationRequest\x1a\".qkd.v1.ConnectApplicationResponse2\xb2\x01\n" +
 	"\x0eClusterService\x127\n" +
 	"\x06Status\x12\x15.qkd.v1.StatusRequest\x1a\x16.qkd.v1.StatusResponse\x121\n" +
 	"\x04Join\x12\x13.qkd.v1.JoinRequest\x1a\x14.qkd.v1.JoinResponse\x124\n" +
@@ -2893,48 +3045,50 @@ func file_qkd_v1_controller_proto_rawDescGZIP() []byte {
 	return file_qkd_v1_controller_proto_rawDescData
 }
 
-var file_qkd_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_qkd_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_qkd_v1_controller_proto_goTypes = []any{
-	(*Interface)(nil),                // 0: qkd.v1.Interface
-	(*Capabilities)(nil),             // 1: qkd.v1.Capabilities
-	(*RegisterRequest)(nil),          // 2: qkd.v1.RegisterRequest
-	(*RegisterResponse)(nil),         // 3: qkd.v1.RegisterResponse
-	(*SessionRequest)(nil),           // 4: qkd.v1.SessionRequest
-	(*SessionHello)(nil),             // 5: qkd.v1.SessionHello
-	(*ConfigAck)(nil),                // 6: qkd.v1.ConfigAck
-	(*LinkStatus)(nil),               // 7: qkd.v1.LinkStatus
-	(*ApplicationStatus)(nil),        // 8: qkd.v1.ApplicationStatus
-	(*NodeStatus)(nil),               // 9: qkd.v1.NodeStatus
-	(*Notification)(nil),             // 10: qkd.v1.Notification
-	(*SessionResponse)(nil),          // 11: qkd.v1.SessionResponse
-	(*AppQoS)(nil),                   // 12: qkd.v1.AppQoS
-	(*OpenApplicationRequest)(nil),   // 13: qkd.v1.OpenApplicationRequest
-	(*Hop)(nil),                      // 14: qkd.v1.Hop
-	(*Application)(nil),              // 15: qkd.v1.Application
-	(*OpenApplicationResponse)(nil),  // 16: qkd.v1.OpenApplicationResponse
-	(*StatusRequest)(nil),            // 17: qkd.v1.StatusRequest
-	(*Member)(nil),                   // 18: qkd.v1.Member
-	(*StatusResponse)(nil),           // 19: qkd.v1.StatusResponse
-	(*JoinRequest)(nil),              // 20: qkd.v1.JoinRequest
-	(*JoinResponse)(nil),             // 21: qkd.v1.JoinResponse
-	(*LeaveRequest)(nil),             // 22: qkd.v1.LeaveRequest
-	(*LeaveResponse)(nil),            // 23: qkd.v1.LeaveResponse
-	(*GetNetworkRequest)(nil),        // 24: qkd.v1.GetNetworkRequest
-	(*NodeInfo)(nil),                 // 25: qkd.v1.NodeInfo
-	(*LinkInfo)(nil),                 // 26: qkd.v1.LinkInfo
-	(*SAEInfo)(nil),                  // 27: qkd.v1.SAEInfo
-	(*GetNetworkResponse)(nil),       // 28: qkd.v1.GetNetworkResponse
-	(*GetNodeConfigRequest)(nil),     // 29: qkd.v1.GetNodeConfigRequest
-	(*GetNodeConfigResponse)(nil),    // 30: qkd.v1.GetNodeConfigResponse
-	(*WriteResponse)(nil),            // 31: qkd.v1.WriteResponse
-	(*AddNodeRequest)(nil),           // 32: qkd.v1.AddNodeRequest
-	(*RemoveNodeRequest)(nil),        // 33: qkd.v1.RemoveNodeRequest
-	(*AddLinkRequest)(nil),           // 34: qkd.v1.AddLinkRequest
-	(*RemoveLinkRequest)(nil),        // 35: qkd.v1.RemoveLinkRequest
-	(*AddSAERequest)(nil),            // 36: qkd.v1.AddSAERequest
-	(*RemoveSAERequest)(nil),         // 37: qkd.v1.RemoveSAERequest
-	(*RemoveApplicationRequest)(nil), // 38: qkd.v1.RemoveApplicationRequest
-	nil,                              // 39: qkd.v1.Application.StatusesEntry
+	(*Interface)(nil),                  // 0: qkd.v1.Interface
+	(*Capabilities)(nil),               // 1: qkd.v1.Capabilities
+	(*RegisterRequest)(nil),            // 2: qkd.v1.RegisterRequest
+	(*RegisterResponse)(nil),           // 3: qkd.v1.RegisterResponse
+	(*SessionRequest)(nil),             // 4: qkd.v1.SessionRequest
+	(*SessionHello)(nil),               // 5: qkd.v1.SessionHello
+	(*ConfigAck)(nil),                  // 6: qkd.v1.ConfigAck
+	(*LinkStatus)(nil),                 // 7: qkd.v1.LinkStatus
+	(*ApplicationStatus)(nil),          // 8: qkd.v1.ApplicationStatus
+	(*NodeStatus)(nil),                 // 9: qkd.v1.NodeStatus
+	(*Notification)(nil),               // 10: qkd.v1.Notification
+	(*SessionResponse)(nil),            // 11: qkd.v1.SessionResponse
+	(*AppQoS)(nil),                     // 12: qkd.v1.AppQoS
+	(*OpenApplicationRequest)(nil),     // 13: qkd.v1.OpenApplicationRequest
+	(*Hop)(nil),                        // 14: qkd.v1.Hop
+	(*Application)(nil),                // 15: qkd.v1.Application
+	(*ConnectApplicationRequest)(nil),  // 16: qkd.v1.ConnectApplicationRequest
+	(*ConnectApplicationResponse)(nil), // 17: qkd.v1.ConnectApplicationResponse
+	(*OpenApplicationResponse)(nil),    // 18: qkd.v1.OpenApplicationResponse
+	(*StatusRequest)(nil),              // 19: qkd.v1.StatusRequest
+	(*Member)(nil),                     // 20: qkd.v1.Member
+	(*StatusResponse)(nil),             // 21: qkd.v1.StatusResponse
+	(*JoinRequest)(nil),                // 22: qkd.v1.JoinRequest
+	(*JoinResponse)(nil),               // 23: qkd.v1.JoinResponse
+	(*LeaveRequest)(nil),               // 24: qkd.v1.LeaveRequest
+	(*LeaveResponse)(nil),              // 25: qkd.v1.LeaveResponse
+	(*GetNetworkRequest)(nil),          // 26: qkd.v1.GetNetworkRequest
+	(*NodeInfo)(nil),                   // 27: qkd.v1.NodeInfo
+	(*LinkInfo)(nil),                   // 28: qkd.v1.LinkInfo
+	(*SAEInfo)(nil),                    // 29: qkd.v1.SAEInfo
+	(*GetNetworkResponse)(nil),         // 30: qkd.v1.GetNetworkResponse
+	(*GetNodeConfigRequest)(nil),       // 31: qkd.v1.GetNodeConfigRequest
+	(*GetNodeConfigResponse)(nil),      // 32: qkd.v1.GetNodeConfigResponse
+	(*WriteResponse)(nil),              // 33: qkd.v1.WriteResponse
+	(*AddNodeRequest)(nil),             // 34: qkd.v1.AddNodeRequest
+	(*RemoveNodeRequest)(nil),          // 35: qkd.v1.RemoveNodeRequest
+	(*AddLinkRequest)(nil),             // 36: qkd.v1.AddLinkRequest
+	(*RemoveLinkRequest)(nil),          // 37: qkd.v1.RemoveLinkRequest
+	(*AddSAERequest)(nil),              // 38: qkd.v1.AddSAERequest
+	(*RemoveSAERequest)(nil),           // 39: qkd.v1.RemoveSAERequest
+	(*RemoveApplicationRequest)(nil),   // 40: qkd.v1.RemoveApplicationRequest
+	nil,                                // 41: qkd.v1.Application.StatusesEntry
 }
 var file_qkd_v1_controller_proto_depIdxs = []int32{
 	0,  // 0: qkd.v1.RegisterRequest.interfaces:type_name -> qkd.v1.Interface
@@ -2948,49 +3102,52 @@ var file_qkd_v1_controller_proto_depIdxs = []int32{
 	12, // 8: qkd.v1.OpenApplicationRequest.qos:type_name -> qkd.v1.AppQoS
 	14, // 9: qkd.v1.Application.hops:type_name -> qkd.v1.Hop
 	12, // 10: qkd.v1.Application.qos:type_name -> qkd.v1.AppQoS
-	39, // 11: qkd.v1.Application.statuses:type_name -> qkd.v1.Application.StatusesEntry
-	15, // 12: qkd.v1.OpenApplicationResponse.application:type_name -> qkd.v1.Application
-	18, // 13: qkd.v1.StatusResponse.members:type_name -> qkd.v1.Member
-	0,  // 14: qkd.v1.NodeInfo.interfaces:type_name -> qkd.v1.Interface
-	25, // 15: qkd.v1.GetNetworkResponse.nodes:type_name -> qkd.v1.NodeInfo
-	26, // 16: qkd.v1.GetNetworkResponse.links:type_name -> qkd.v1.LinkInfo
-	27, // 17: qkd.v1.GetNetworkResponse.saes:type_name -> qkd.v1.SAEInfo
-	15, // 18: qkd.v1.GetNetworkResponse.applications:type_name -> qkd.v1.Application
-	2,  // 19: qkd.v1.ControllerService.Register:input_type -> qkd.v1.RegisterRequest
-	4,  // 20: qkd.v1.ControllerService.Session:input_type -> qkd.v1.SessionRequest
-	13, // 21: qkd.v1.ControllerService.OpenApplication:input_type -> qkd.v1.OpenApplicationRequest
-	17, // 22: qkd.v1.ClusterService.Status:input_type -> qkd.v1.StatusRequest
-	20, // 23: qkd.v1.ClusterService.Join:input_type -> qkd.v1.JoinRequest
-	22, // 24: qkd.v1.ClusterService.Leave:input_type -> qkd.v1.LeaveRequest
-	24, // 25: qkd.v1.NetworkService.GetNetwork:input_type -> qkd.v1.GetNetworkRequest
-	29, // 26: qkd.v1.NetworkService.GetNodeConfig:input_type -> qkd.v1.GetNodeConfigRequest
-	32, // 27: qkd.v1.NetworkService.AddNode:input_type -> qkd.v1.AddNodeRequest
-	33, // 28: qkd.v1.NetworkService.RemoveNode:input_type -> qkd.v1.RemoveNodeRequest
-	34, // 29: qkd.v1.NetworkService.AddLink:input_type -> qkd.v1.AddLinkRequest
-	35, // 30: qkd.v1.NetworkService.RemoveLink:input_type -> qkd.v1.RemoveLinkRequest
-	36, // 31: qkd.v1.NetworkService.AddSAE:input_type -> qkd.v1.AddSAERequest
-	37, // 32: qkd.v1.NetworkService.RemoveSAE:input_type -> qkd.v1.RemoveSAERequest
-	38, // 33: qkd.v1.NetworkService.RemoveApplication:input_type -> qkd.v1.RemoveApplicationRequest
-	3,  // 34: qkd.v1.ControllerService.Register:output_type -> qkd.v1.RegisterResponse
-	11, // 35: qkd.v1.ControllerService.Session:output_type -> qkd.v1.SessionResponse
-	16, // 36: qkd.v1.ControllerService.OpenApplication:output_type -> qkd.v1.OpenApplicationResponse
-	19, // 37: qkd.v1.ClusterService.Status:output_type -> qkd.v1.StatusResponse
-	21, // 38: qkd.v1.ClusterService.Join:output_type -> qkd.v1.JoinResponse
-	23, // 39: qkd.v1.ClusterService.Leave:output_type -> qkd.v1.LeaveResponse
-	28, // 40: qkd.v1.NetworkService.GetNetwork:output_type -> qkd.v1.GetNetworkResponse
-	30, // 41: qkd.v1.NetworkService.GetNodeConfig:output_type -> qkd.v1.GetNodeConfigResponse
-	31, // 42: qkd.v1.NetworkService.AddNode:output_type -> qkd.v1.WriteResponse
-	31, // 43: qkd.v1.NetworkService.RemoveNode:output_type -> qkd.v1.WriteResponse
-	31, // 44: qkd.v1.NetworkService.AddLink:output_type -> qkd.v1.WriteResponse
-	31, // 45: qkd.v1.NetworkService.RemoveLink:output_type -> qkd.v1.WriteResponse
-	31, // 46: qkd.v1.NetworkService.AddSAE:output_type -> qkd.v1.WriteResponse
-	31, // 47: qkd.v1.NetworkService.RemoveSAE:output_type -> qkd.v1.WriteResponse
-	31, // 48: qkd.v1.NetworkService.RemoveApplication:output_type -> qkd.v1.WriteResponse
-	34, // [34:49] is the sub-list for method output_type
-	19, // [19:34] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	41, // 11: qkd.v1.Application.statuses:type_name -> qkd.v1.Application.StatusesEntry
+	15, // 12: qkd.v1.ConnectApplicationResponse.application:type_name -> qkd.v1.Application
+	15, // 13: qkd.v1.OpenApplicationResponse.application:type_name -> qkd.v1.Application
+	20, // 14: qkd.v1.StatusResponse.members:type_name -> qkd.v1.Member
+	0,  // 15: qkd.v1.NodeInfo.interfaces:type_name -> qkd.v1.Interface
+	27, // 16: qkd.v1.GetNetworkResponse.nodes:type_name -> qkd.v1.NodeInfo
+	28, // 17: qkd.v1.GetNetworkResponse.links:type_name -> qkd.v1.LinkInfo
+	29, // 18: qkd.v1.GetNetworkResponse.saes:type_name -> qkd.v1.SAEInfo
+	15, // 19: qkd.v1.GetNetworkResponse.applications:type_name -> qkd.v1.Application
+	2,  // 20: qkd.v1.ControllerService.Register:input_type -> qkd.v1.RegisterRequest
+	4,  // 21: qkd.v1.ControllerService.Session:input_type -> qkd.v1.SessionRequest
+	13, // 22: qkd.v1.ControllerService.OpenApplication:input_type -> qkd.v1.OpenApplicationRequest
+	16, // 23: qkd.v1.ControllerService.ConnectApplication:input_type -> qkd.v1.ConnectApplicationRequest
+	19, // 24: qkd.v1.ClusterService.Status:input_type -> qkd.v1.StatusRequest
+	22, // 25: qkd.v1.ClusterService.Join:input_type -> qkd.v1.JoinRequest
+	24, // 26: qkd.v1.ClusterService.Leave:input_type -> qkd.v1.LeaveRequest
+	26, // 27: qkd.v1.NetworkService.GetNetwork:input_type -> qkd.v1.GetNetworkRequest
+	31, // 28: qkd.v1.NetworkService.GetNodeConfig:input_type -> qkd.v1.GetNodeConfigRequest
+	34, // 29: qkd.v1.NetworkService.AddNode:input_type -> qkd.v1.AddNodeRequest
+	35, // 30: qkd.v1.NetworkService.RemoveNode:input_type -> qkd.v1.RemoveNodeRequest
+	36, // 31: qkd.v1.NetworkService.AddLink:input_type -> qkd.v1.AddLinkRequest
+	37, // 32: qkd.v1.NetworkService.RemoveLink:input_type -> qkd.v1.RemoveLinkRequest
+	38, // 33: qkd.v1.NetworkService.AddSAE:input_type -> qkd.v1.AddSAERequest
+	39, // 34: qkd.v1.NetworkService.RemoveSAE:input_type -> qkd.v1.RemoveSAERequest
+	40, // 35: qkd.v1.NetworkService.RemoveApplication:input_type -> qkd.v1.RemoveApplicationRequest
+	3,  // 36: qkd.v1.ControllerService.Register:output_type -> qkd.v1.RegisterResponse
+	11, // 37: qkd.v1.ControllerService.Session:output_type -> qkd.v1.SessionResponse
+	18, // 38: qkd.v1.ControllerService.OpenApplication:output_type -> qkd.v1.OpenApplicationResponse
+	17, // 39: qkd.v1.ControllerService.ConnectApplication:output_type -> qkd.v1.ConnectApplicationResponse
+	21, // 40: qkd.v1.ClusterService.Status:output_type -> qkd.v1.StatusResponse
+	23, // 41: qkd.v1.ClusterService.Join:output_type -> qkd.v1.JoinResponse
+	25, // 42: qkd.v1.ClusterService.Leave:output_type -> qkd.v1.LeaveResponse
+	30, // 43: qkd.v1.NetworkService.GetNetwork:output_type -> qkd.v1.GetNetworkResponse
+	32, // 44: qkd.v1.NetworkService.GetNodeConfig:output_type -> qkd.v1.GetNodeConfigResponse
+	33, // 45: qkd.v1.NetworkService.AddNode:output_type -> qkd.v1.WriteResponse
+	33, // 46: qkd.v1.NetworkService.RemoveNode:output_type -> qkd.v1.WriteResponse
+	33, // 47: qkd.v1.NetworkService.AddLink:output_type -> qkd.v1.WriteResponse
+	33, // 48: qkd.v1.NetworkService.RemoveLink:output_type -> qkd.v1.WriteResponse
+	33, // 49: qkd.v1.NetworkService.AddSAE:output_type -> qkd.v1.WriteResponse
+	33, // 50: qkd.v1.NetworkService.RemoveSAE:output_type -> qkd.v1.WriteResponse
+	33, // 51: qkd.v1.NetworkService.RemoveApplication:output_type -> qkd.v1.WriteResponse
+	36, // [36:52] is the sub-list for method output_type
+	20, // [20:36] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_qkd_v1_controller_proto_init() }
@@ -3010,7 +3167,7 @@ func file_qkd_v1_controller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qkd_v1_controller_proto_rawDesc), len(file_qkd_v1_controller_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

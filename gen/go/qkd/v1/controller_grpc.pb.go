@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ControllerService_Register_FullMethodName        = "/qkd.v1.ControllerService/Register"
-	ControllerService_Session_FullMethodName         = "/qkd.v1.ControllerService/Session"
-	ControllerService_OpenApplication_FullMethodName = "/qkd.v1.ControllerService/OpenApplication"
+	ControllerService_Register_FullMethodName           = "/qkd.v1.ControllerService/Register"
+	ControllerService_Session_FullMethodName            = "/qkd.v1.ControllerService/Session"
+	ControllerService_OpenApplication_FullMethodName    = "/qkd.v1.ControllerService/OpenApplication"
+	ControllerService_ConnectApplication_FullMethodName = "/qkd.v1.ControllerService/ConnectApplication"
 )
 
 // ControllerServiceClient is the client API for ControllerService service.
@@ -44,7 +45,19 @@ type ControllerServiceClient interface {
 	// path between them, assigns the KMM roles per hop, commits the application
 	// through Raft and pushes it to every node of the path. Idempotent: the same
 	// SAE pair always gets the same application.
+	//
+	// Admission control: with qos.min_bandwidth set, only links with that much
+	// secret key rate left (their measured rate minus the min_bandwidth of the
+	// applications they carry) are used. If no path has it, the answer is
+	// FAILED_PRECONDITION with an ErrorInfo of reason QOS_NOT_MET whose
+	// metadata "available_bps" is what the best path can carry; with no path at
+	// all, the reason is NO_PATH.
 	OpenApplication(ctx context.Context, in *OpenApplicationRequest, opts ...grpc.CallOption) (*OpenApplicationResponse, error)
+	// ConnectApplication records that an SAE of the application opened it
+	// (ETSI 004 OPEN_CONNECT, connect true) or closed it (CLOSE, connect
+	// false). When the last connected SAE closes it, the application is
+	// removed from every node. The caller must serve that SAE.
+	ConnectApplication(ctx context.Context, in *ConnectApplicationRequest, opts ...grpc.CallOption) (*ConnectApplicationResponse, error)
 }
 
 type controllerServiceClient struct {
@@ -88,6 +101,16 @@ func (c *controllerServiceClient) OpenApplication(ctx context.Context, in *OpenA
 	return out, nil
 }
 
+func (c *controllerServiceClient) ConnectApplication(ctx context.Context, in *ConnectApplicationRequest, opts ...grpc.CallOption) (*ConnectApplicationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConnectApplicationResponse)
+	err := c.cc.Invoke(ctx, ControllerService_ConnectApplication_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControllerServiceServer is the server API for ControllerService service.
 // All implementations must embed UnimplementedControllerServiceServer
 // for forward compatibility.
@@ -108,7 +131,19 @@ type ControllerServiceServer interface {
 	// path between them, assigns the KMM roles per hop, commits the application
 	// through Raft and pushes it to every node of the path. Idempotent: the same
 	// SAE pair always gets the same application.
+	//
+	// Admission control: with qos.min_bandwidth set, only links with that much
+	// secret key rate left (their measured rate minus the min_bandwidth of the
+	// applications they carry) are used. If no path has it, the answer is
+	// FAILED_PRECONDITION with an ErrorInfo of reason QOS_NOT_MET whose
+	// metadata "available_bps" is what the best path can carry; with no path at
+	// all, the reason is NO_PATH.
 	OpenApplication(context.Context, *OpenApplicationRequest) (*OpenApplicationResponse, error)
+	// ConnectApplication records that an SAE of the application opened it
+	// (ETSI 004 OPEN_CONNECT, connect true) or closed it (CLOSE, connect
+	// false). When the last connected SAE closes it, the application is
+	// removed from every node. The caller must serve that SAE.
+	ConnectApplication(context.Context, *ConnectApplicationRequest) (*ConnectApplicationResponse, error)
 	mustEmbedUnimplementedControllerServiceServer()
 }
 
@@ -127,6 +162,9 @@ func (UnimplementedControllerServiceServer) Session(grpc.BidiStreamingServer[Ses
 }
 func (UnimplementedControllerServiceServer) OpenApplication(context.Context, *OpenApplicationRequest) (*OpenApplicationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method OpenApplication not implemented")
+}
+func (UnimplementedControllerServiceServer) ConnectApplication(context.Context, *ConnectApplicationRequest) (*ConnectApplicationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConnectApplication not implemented")
 }
 func (UnimplementedControllerServiceServer) mustEmbedUnimplementedControllerServiceServer() {}
 func (UnimplementedControllerServiceServer) testEmbeddedByValue()                           {}
@@ -192,6 +230,24 @@ func _ControllerService_OpenApplication_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControllerService_ConnectApplication_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConnectApplicationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControllerServiceServer).ConnectApplication(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControllerService_ConnectApplication_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControllerServiceServer).ConnectApplication(ctx, req.(*ConnectApplicationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControllerService_ServiceDesc is the grpc.ServiceDesc for ControllerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -206,6 +262,10 @@ var ControllerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "OpenApplication",
 			Handler:    _ControllerService_OpenApplication_Handler,
+		},
+		{
+			MethodName: "ConnectApplication",
+			Handler:    _ControllerService_ConnectApplication_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
