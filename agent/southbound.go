@@ -229,21 +229,16 @@ func (s *southbound) apply(ctx context.Context, p *qkdv1.SessionResponse) error 
 		s.logger.Warn("ignoring an older configuration", "version", v.version, "running", cur.version)
 		return nil
 	}
-	for _, a := range v.apps {
-		if a.hops != 1 || a.link == "" {
-			continue // multi-hop streams need key relay (not here yet)
-		}
-		l := v.links[a.link]
-		qos := s.kmm.DefaultQoS()
-		qos.Priority = a.priority
-		if a.minBitsPerS > 0 && l.KeyBytes > 0 {
-			qos.KeyRate = max(qos.KeyRate, a.minBitsPerS/uint32(8*l.KeyBytes))
-		}
-		st := keystore.Stream{ID: kmm.StreamID(a.master, a.slave), MasterSAE: a.master, SlaveSAE: a.slave, Link: a.link, QoS: qos}
+	streams, plans, err := s.streamsOf(v)
+	if err != nil {
+		return err
+	}
+	for _, st := range streams {
 		if err := s.kmm.EnsureStream(st); err != nil {
 			return fmt.Errorf("key stream %s: %w", st.ID, err)
 		}
 	}
+	s.kmm.SetRelays(plans)
 	for key, a := range v.apps {
 		if _, had := cur.apps[key]; !had {
 			s.notify(&qkdv1.Notification{Kind: "sdqkdn_application_new", AppId: a.id, Link: a.link, Status: "ON",
@@ -296,3 +291,82 @@ func (s *southbound) status() *qkdv1.NodeStatus {
 }
 
 func sortedNames[K cmp.Ordered, V any](m map[K]V) []K { return slices.Sorted(maps.Keys(m)) }
+
+// streamsOf says which key streams this node holds for the configuration's
+// applications, and its part in each multi-hop one. On the path
+// N0 .. Nn of an application from the master SAE's node N0, node Nj holds
+// the end-to-end stream S (over the first link at N0 and N1; arriving by
+// relay further on) and the stream S#i of each hop i >= 1 it touches.
+func (s *southbound) streamsOf(v *view) ([]keystore.Stream, []kmm.RelayPlan, error) {
+	var out []keystore.Stream
+	var plans []kmm.RelayPlan
+	for _, a := range v.apps {
+		if len(a.hopLinks) == 0 {
+			continue
+		}
+		id := kmm.StreamID(a.master, a.slave)
+		qos := s.kmm.DefaultQoS()
+		qos.Priority = a.priority
+		var idx []uint32
+		for i := range a.hopLinks {
+			idx = append(idx, i)
+		}
+		slices.Sort(idx)
+		// This node's position j on the path.
+		var j uint32
+		switch {
+		case v.saes[a.master] == s.cfg.Node:
+			j = 0
+		default:
+			j = idx[len(idx)-1]
+			if v.saes[a.slave] == s.cfg.Node {
+				j++
+			}
+		}
+		hop := func(i uint32) (*kmm.RelayHop, error) {
+			name, ok := a.hopLinks[i]
+			l, lok := v.links[name]
+			if !ok || !lok {
+				return nil, fmt.Errorf("application %s: hop %d does not end at this node", a.id, i)
+			}
+			hs := id
+			if i > 0 {
+				hs = kmm.HopStreamID(id, int(i))
+			}
+			return &kmm.RelayHop{Stream: hs, Link: name, Peer: l.Peer}, nil
+		}
+		var in, outHop *kmm.RelayHop
+		var err error
+		if j > 0 {
+			if in, err = hop(j - 1); err != nil {
+				return nil, nil, err
+			}
+		}
+		if v.saes[a.slave] != s.cfg.Node {
+			if outHop, err = hop(j); err != nil {
+				return nil, nil, err
+			}
+		}
+		for _, h := range []*kmm.RelayHop{in, outHop} {
+			if h == nil {
+				continue
+			}
+			q := qos
+			if l := v.links[h.Link]; a.minBitsPerS > 0 && l.KeyBytes > 0 {
+				q.KeyRate = max(q.KeyRate, a.minBitsPerS/uint32(8*l.KeyBytes))
+			}
+			out = append(out, keystore.Stream{ID: h.Stream, MasterSAE: a.master, SlaveSAE: a.slave, Link: h.Link, QoS: q})
+		}
+		if j >= 2 {
+			// S arrives here by relay: a stream on no link, so that nothing
+			// allocates into it.
+			out = append(out, keystore.Stream{ID: id, MasterSAE: a.master, SlaveSAE: a.slave, Link: "relay:" + in.Link, QoS: qos})
+		}
+		// Every node's plan names its hops, so that key synchronisation on
+		// them is accepted (the hop streams of a multi-hop path join SAEs
+		// that are not on the hop's two nodes); only nodes with both an in
+		// and an out hop relay.
+		plans = append(plans, kmm.RelayPlan{Stream: id, In: in, Out: outHop})
+	}
+	return out, plans, nil
+}

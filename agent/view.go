@@ -43,6 +43,8 @@ type appView struct {
 	minBitsPerS uint32
 	chunkSize   uint32
 	connected   []string
+	// hopLinks maps the path index of each hop at this node to its link.
+	hopLinks map[uint32]string
 }
 
 func emptyView(node string) *view {
@@ -104,11 +106,20 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 		}
 		a := appView{id: id, master: master, slave: slave, priority: qa.GetAppPriority(), minBitsPerS: qa.GetAppQos().GetMinBandwidth(),
 			hops: len(qkd015.Hops(qa)), chunkSize: qa.GetKeyChunkSize(), connected: slices.Clone(qa.ConnectedSae)}
-		for lid := range qkd015.Hops(qa) {
+		a.hopLinks = map[uint32]string{}
+		for lid, h := range qkd015.Hops(qa) {
 			a.link = byLinkID[lid]
+			a.hopLinks[h.GetIndex()] = byLinkID[lid]
 		}
-		// The SAE at the other end sits at remote_qkdn_id.
-		remote := byNodeID[qa.GetRemoteQkdnId()]
+		// The SAE at the other end sits at remote_qkdn_id, which the
+		// controller names (it may be several hops away).
+		remote := qa.GetRemoteNodeName()
+		if remote == "" {
+			remote = byNodeID[qa.GetRemoteQkdnId()]
+		}
+		if remote != "" && qa.GetRemoteKmeId() != "" {
+			v.kmes[remote] = qa.GetRemoteKmeId()
+		}
 		for _, sae := range []string{master, slave} {
 			if _, local := v.saes[sae]; !local && remote != "" {
 				v.saes[sae] = remote

@@ -244,6 +244,25 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	if errors.As(err, &ke) && errors.Is(err, keystore.ErrUnknownKey) && k.store.IsPending(streamID, ke.KeyID) {
 		return nil, unavailable(fmt.Sprintf("key_ID %s is still being synchronised with the peer KME; retry", ke.KeyID))
 	}
+	// On a multi-hop stream the key may still be on its way through the
+	// trusted nodes: wait for it as for a pending batch.
+	if unknown() && k.relayed(streamID) {
+		for deadline := time.Now().Add(2 * time.Second); unknown() && time.Now().Before(deadline); {
+			changed := k.store.Changed()
+			if keys, err = k.store.TakeIDs(streamID, ids); !unknown() {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-changed:
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if unknown() {
+			return nil, unavailable(fmt.Sprintf("key_ID %s has not been relayed to this KME yet; retry", ke.KeyID))
+		}
+	}
 	if errors.As(err, &ke) {
 		if errors.Is(err, keystore.ErrUnknownKey) {
 			for _, other := range k.store.Streams() {

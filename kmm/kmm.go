@@ -158,6 +158,7 @@ type KMM struct {
 	apps    Apps
 	streams KeyStreams
 	c004    conns004
+	relay   relays
 	alloc   *allocator.Allocator
 	stats   *stats.Stats
 	logger  *slog.Logger
@@ -172,7 +173,8 @@ func New(set Settings, store *keystore.Store, topo Topology, peers Peers, st *st
 	if err := set.Validate(); err != nil {
 		return nil, err
 	}
-	k := &KMM{set: set, store: store, topo: topo, peers: peers, stats: st, logger: logger, announced: map[string]bool{}}
+	k := &KMM{set: set, store: store, topo: topo, peers: peers, stats: st, logger: logger, announced: map[string]bool{},
+		relay: relays{wake: make(chan struct{}, 1)}}
 	for _, o := range opts {
 		o(k)
 	}
@@ -198,7 +200,10 @@ func (k *KMM) Settings() Settings { return k.set }
 func (k *KMM) Run(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() { done <- k.alloc.Run(ctx) }()
+	relayed := make(chan struct{})
+	go func() { defer close(relayed); k.relayLoop(ctx) }()
 	k.expireLoop(ctx)
+	<-relayed
 	return <-done
 }
 
@@ -272,6 +277,16 @@ func (k *KMM) openStream(ctx context.Context, master, slave string) (keystore.St
 	node, ok := k.topo.SAENode(slave)
 	if !ok {
 		return keystore.Stream{}, Link{}, badRequest("slave_SAE_ID", fmt.Sprintf("unknown SAE %q", slave))
+	}
+	// A stream the controller configured (a multi-hop one runs over the
+	// path's first link, not a link to the slave's node).
+	if st, ok := k.store.Stream(StreamID(master, slave)); ok && k.apps != nil {
+		if l, ok := k.topo.LinkByID(st.Link); ok {
+			if l.Master {
+				k.alloc.Wake()
+			}
+			return st, l, nil
+		}
 	}
 	if node == k.set.Node {
 		return keystore.Stream{}, Link{}, badRequest("slave_SAE_ID", fmt.Sprintf("SAE %q is attached to this KME too; key delivery needs a QKD link between two nodes", slave))
@@ -366,6 +381,10 @@ func (k *KMM) checkPeerStream(peer string, st keystore.Stream) (Link, error) {
 	l, ok := k.topo.LinkByID(st.Link)
 	if !ok || l.Peer != peer {
 		return Link{}, fmt.Errorf("link %s does not join this node to %s", st.Link, peer)
+	}
+	// A hop of a multi-hop stream: the configuration says which.
+	if k.hopOf(st.ID, st.Link, peer) {
+		return l, nil
 	}
 	if st.ID != StreamID(st.MasterSAE, st.SlaveSAE) {
 		return Link{}, fmt.Errorf("stream ID %q does not match its SAEs", st.ID)

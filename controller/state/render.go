@@ -27,5 +27,11 @@ func (s *State) Render(name string, version uint64) ([]byte, error) {
 			ql.RemoteKmeId = rt.KmeId
 			ql.RemoteAgentAddress = rt.AgentAddress
 		}
+		for _, qa := range qkd015.Apps(out) {
+			if remote, ok := s.byID[qa.GetRemoteQkdnId()]; ok {
+				qa.RemoteNodeName = ygot.String(remote)
+				qa.RemoteKmeId = s.nodes[remote].KmeId
+			}
+		}
 	})
 }

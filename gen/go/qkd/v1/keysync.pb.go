@@ -21,6 +21,193 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RelayedKey is one key of a relayed stream, padded for the hop.
+type RelayedKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// key_id is the QKD key_ID of the key on the path's first hop; the served
+	// key_ID at both ends derives from it.
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// z is the key xor the hop's pad of the same sequence number.
+	Z []byte `protobuf:"bytes,3,opt,name=z,proto3" json:"z,omitempty"`
+	// check is HMAC-SHA256 keyed with the key itself over "qkdnet relay
+	// check" || stream_id || seq, first 16 bytes. Every receiver recomputes it
+	// from the key it recovered and refuses a mismatch (a changed Z or pads
+	// that differ); since each sender computes it from the key it holds, the
+	// end node's check ties its key to the first node's.
+	Check         []byte `protobuf:"bytes,4,opt,name=check,proto3" json:"check,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayedKey) Reset() {
+	*x = RelayedKey{}
+	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayedKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayedKey) ProtoMessage() {}
+
+func (x *RelayedKey) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayedKey.ProtoReflect.Descriptor instead.
+func (*RelayedKey) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RelayedKey) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *RelayedKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *RelayedKey) GetZ() []byte {
+	if x != nil {
+		return x.Z
+	}
+	return nil
+}
+
+func (x *RelayedKey) GetCheck() []byte {
+	if x != nil {
+		return x.Check
+	}
+	return nil
+}
+
+// RelayRequest carries relayed keys of one stream.
+type RelayRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stream_id is the end-to-end stream (master SAE -> slave SAE).
+	StreamId string `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	// hop_stream_id is the stream of the hop between sender and receiver
+	// whose keys are the pads.
+	HopStreamId   string        `protobuf:"bytes,2,opt,name=hop_stream_id,json=hopStreamId,proto3" json:"hop_stream_id,omitempty"`
+	Keys          []*RelayedKey `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayRequest) Reset() {
+	*x = RelayRequest{}
+	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayRequest) ProtoMessage() {}
+
+func (x *RelayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
+func (*RelayRequest) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RelayRequest) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *RelayRequest) GetHopStreamId() string {
+	if x != nil {
+		return x.HopStreamId
+	}
+	return ""
+}
+
+func (x *RelayRequest) GetKeys() []*RelayedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// RelayResponse lists the sequence numbers now held by the receiver (stored
+// now or before); the sender erases its copies of exactly those.
+type RelayResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Held          []uint64               `protobuf:"varint,1,rep,packed,name=held,proto3" json:"held,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RelayResponse) Reset() {
+	*x = RelayResponse{}
+	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RelayResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RelayResponse) ProtoMessage() {}
+
+func (x *RelayResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
+func (*RelayResponse) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RelayResponse) GetHeld() []uint64 {
+	if x != nil {
+		return x.Held
+	}
+	return nil
+}
+
 // QoS is what a key stream asks of the key allocation element.
 type QoS struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -36,7 +223,7 @@ type QoS struct {
 
 func (x *QoS) Reset() {
 	*x = QoS{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +235,7 @@ func (x *QoS) String() string {
 func (*QoS) ProtoMessage() {}
 
 func (x *QoS) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +248,7 @@ func (x *QoS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QoS.ProtoReflect.Descriptor instead.
 func (*QoS) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{0}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *QoS) GetKeyRate() uint32 {
@@ -100,7 +287,7 @@ type Stream struct {
 
 func (x *Stream) Reset() {
 	*x = Stream{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -112,7 +299,7 @@ func (x *Stream) String() string {
 func (*Stream) ProtoMessage() {}
 
 func (x *Stream) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -125,7 +312,7 @@ func (x *Stream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stream.ProtoReflect.Descriptor instead.
 func (*Stream) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{1}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Stream) GetStreamId() string {
@@ -173,7 +360,7 @@ type OpenStreamRequest struct {
 
 func (x *OpenStreamRequest) Reset() {
 	*x = OpenStreamRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +372,7 @@ func (x *OpenStreamRequest) String() string {
 func (*OpenStreamRequest) ProtoMessage() {}
 
 func (x *OpenStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +385,7 @@ func (x *OpenStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenStreamRequest.ProtoReflect.Descriptor instead.
 func (*OpenStreamRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{2}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OpenStreamRequest) GetStream() *Stream {
@@ -218,7 +405,7 @@ type OpenStreamResponse struct {
 
 func (x *OpenStreamResponse) Reset() {
 	*x = OpenStreamResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -230,7 +417,7 @@ func (x *OpenStreamResponse) String() string {
 func (*OpenStreamResponse) ProtoMessage() {}
 
 func (x *OpenStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -243,7 +430,7 @@ func (x *OpenStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenStreamResponse.ProtoReflect.Descriptor instead.
 func (*OpenStreamResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{3}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OpenStreamResponse) GetStream() *Stream {
@@ -268,7 +455,7 @@ type AllocateRequest struct {
 
 func (x *AllocateRequest) Reset() {
 	*x = AllocateRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +467,7 @@ func (x *AllocateRequest) String() string {
 func (*AllocateRequest) ProtoMessage() {}
 
 func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +480,7 @@ func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{4}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AllocateRequest) GetBatchId() string {
@@ -335,7 +522,7 @@ type AllocateResponse struct {
 
 func (x *AllocateResponse) Reset() {
 	*x = AllocateResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -347,7 +534,7 @@ func (x *AllocateResponse) String() string {
 func (*AllocateResponse) ProtoMessage() {}
 
 func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -360,7 +547,7 @@ func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateResponse.ProtoReflect.Descriptor instead.
 func (*AllocateResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{5}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AllocateResponse) GetUnknownKeyIds() []string {
@@ -382,7 +569,7 @@ type RequestAllocationRequest struct {
 
 func (x *RequestAllocationRequest) Reset() {
 	*x = RequestAllocationRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +581,7 @@ func (x *RequestAllocationRequest) String() string {
 func (*RequestAllocationRequest) ProtoMessage() {}
 
 func (x *RequestAllocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +594,7 @@ func (x *RequestAllocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAllocationRequest.ProtoReflect.Descriptor instead.
 func (*RequestAllocationRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{6}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RequestAllocationRequest) GetStream() *Stream {
@@ -434,7 +621,7 @@ type RequestAllocationResponse struct {
 
 func (x *RequestAllocationResponse) Reset() {
 	*x = RequestAllocationResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +633,7 @@ func (x *RequestAllocationResponse) String() string {
 func (*RequestAllocationResponse) ProtoMessage() {}
 
 func (x *RequestAllocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +646,7 @@ func (x *RequestAllocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAllocationResponse.ProtoReflect.Descriptor instead.
 func (*RequestAllocationResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{7}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RequestAllocationResponse) GetAllocated() uint32 {
@@ -473,7 +660,19 @@ var File_qkd_v1_keysync_proto protoreflect.FileDescriptor
 
 const file_qkd_v1_keysync_proto_rawDesc = "" +
 	"\n" +
-	"\x14qkd/v1/keysync.proto\x12\x06qkd.v1\"[\n" +
+	"\x14qkd/v1/keysync.proto\x12\x06qkd.v1\"Y\n" +
+	"\n" +
+	"RelayedKey\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\f\n" +
+	"\x01z\x18\x03 \x01(\fR\x01z\x12\x14\n" +
+	"\x05check\x18\x04 \x01(\fR\x05check\"w\n" +
+	"\fRelayRequest\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\"\n" +
+	"\rhop_stream_id\x18\x02 \x01(\tR\vhopStreamId\x12&\n" +
+	"\x04keys\x18\x03 \x03(\v2\x12.qkd.v1.RelayedKeyR\x04keys\"#\n" +
+	"\rRelayResponse\x12\x12\n" +
+	"\x04held\x18\x01 \x03(\x04R\x04held\"[\n" +
 	"\x03QoS\x12\x19\n" +
 	"\bkey_rate\x18\x01 \x01(\rR\akeyRate\x12\x1d\n" +
 	"\n" +
@@ -501,12 +700,13 @@ const file_qkd_v1_keysync_proto_rawDesc = "" +
 	"\x06stream\x18\x01 \x01(\v2\x0e.qkd.v1.StreamR\x06stream\x12\x12\n" +
 	"\x04want\x18\x02 \x01(\rR\x04want\"9\n" +
 	"\x19RequestAllocationResponse\x12\x1c\n" +
-	"\tallocated\x18\x01 \x01(\rR\tallocated2\xee\x01\n" +
+	"\tallocated\x18\x01 \x01(\rR\tallocated2\xa4\x02\n" +
 	"\x0eKeySyncService\x12C\n" +
 	"\n" +
 	"OpenStream\x12\x19.qkd.v1.OpenStreamRequest\x1a\x1a.qkd.v1.OpenStreamResponse\x12=\n" +
 	"\bAllocate\x12\x17.qkd.v1.AllocateRequest\x1a\x18.qkd.v1.AllocateResponse\x12X\n" +
-	"\x11RequestAllocation\x12 .qkd.v1.RequestAllocationRequest\x1a!.qkd.v1.RequestAllocationResponseB\x81\x01\n" +
+	"\x11RequestAllocation\x12 .qkd.v1.RequestAllocationRequest\x1a!.qkd.v1.RequestAllocationResponse\x124\n" +
+	"\x05Relay\x12\x14.qkd.v1.RelayRequest\x1a\x15.qkd.v1.RelayResponseB\x81\x01\n" +
 	"\n" +
 	"com.qkd.v1B\fKeysyncProtoP\x01Z,github.com/qkdnet/qkdnet/gen/go/qkd/v1;qkdv1\xa2\x02\x03QXX\xaa\x02\x06Qkd.V1\xca\x02\x06Qkd\\V1\xe2\x02\x12Qkd\\V1\\GPBMetadata\xea\x02\aQkd::V1b\x06proto3"
 
@@ -522,34 +722,40 @@ func file_qkd_v1_keysync_proto_rawDescGZIP() []byte {
 	return file_qkd_v1_keysync_proto_rawDescData
 }
 
-var file_qkd_v1_keysync_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_qkd_v1_keysync_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_qkd_v1_keysync_proto_goTypes = []any{
-	(*QoS)(nil),                       // 0: qkd.v1.QoS
-	(*Stream)(nil),                    // 1: qkd.v1.Stream
-	(*OpenStreamRequest)(nil),         // 2: qkd.v1.OpenStreamRequest
-	(*OpenStreamResponse)(nil),        // 3: qkd.v1.OpenStreamResponse
-	(*AllocateRequest)(nil),           // 4: qkd.v1.AllocateRequest
-	(*AllocateResponse)(nil),          // 5: qkd.v1.AllocateResponse
-	(*RequestAllocationRequest)(nil),  // 6: qkd.v1.RequestAllocationRequest
-	(*RequestAllocationResponse)(nil), // 7: qkd.v1.RequestAllocationResponse
+	(*RelayedKey)(nil),                // 0: qkd.v1.RelayedKey
+	(*RelayRequest)(nil),              // 1: qkd.v1.RelayRequest
+	(*RelayResponse)(nil),             // 2: qkd.v1.RelayResponse
+	(*QoS)(nil),                       // 3: qkd.v1.QoS
+	(*Stream)(nil),                    // 4: qkd.v1.Stream
+	(*OpenStreamRequest)(nil),         // 5: qkd.v1.OpenStreamRequest
+	(*OpenStreamResponse)(nil),        // 6: qkd.v1.OpenStreamResponse
+	(*AllocateRequest)(nil),           // 7: qkd.v1.AllocateRequest
+	(*AllocateResponse)(nil),          // 8: qkd.v1.AllocateResponse
+	(*RequestAllocationRequest)(nil),  // 9: qkd.v1.RequestAllocationRequest
+	(*RequestAllocationResponse)(nil), // 10: qkd.v1.RequestAllocationResponse
 }
 var file_qkd_v1_keysync_proto_depIdxs = []int32{
-	0, // 0: qkd.v1.Stream.qos:type_name -> qkd.v1.QoS
-	1, // 1: qkd.v1.OpenStreamRequest.stream:type_name -> qkd.v1.Stream
-	1, // 2: qkd.v1.OpenStreamResponse.stream:type_name -> qkd.v1.Stream
-	1, // 3: qkd.v1.AllocateRequest.stream:type_name -> qkd.v1.Stream
-	1, // 4: qkd.v1.RequestAllocationRequest.stream:type_name -> qkd.v1.Stream
-	2, // 5: qkd.v1.KeySyncService.OpenStream:input_type -> qkd.v1.OpenStreamRequest
-	4, // 6: qkd.v1.KeySyncService.Allocate:input_type -> qkd.v1.AllocateRequest
-	6, // 7: qkd.v1.KeySyncService.RequestAllocation:input_type -> qkd.v1.RequestAllocationRequest
-	3, // 8: qkd.v1.KeySyncService.OpenStream:output_type -> qkd.v1.OpenStreamResponse
-	5, // 9: qkd.v1.KeySyncService.Allocate:output_type -> qkd.v1.AllocateResponse
-	7, // 10: qkd.v1.KeySyncService.RequestAllocation:output_type -> qkd.v1.RequestAllocationResponse
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: qkd.v1.RelayRequest.keys:type_name -> qkd.v1.RelayedKey
+	3,  // 1: qkd.v1.Stream.qos:type_name -> qkd.v1.QoS
+	4,  // 2: qkd.v1.OpenStreamRequest.stream:type_name -> qkd.v1.Stream
+	4,  // 3: qkd.v1.OpenStreamResponse.stream:type_name -> qkd.v1.Stream
+	4,  // 4: qkd.v1.AllocateRequest.stream:type_name -> qkd.v1.Stream
+	4,  // 5: qkd.v1.RequestAllocationRequest.stream:type_name -> qkd.v1.Stream
+	5,  // 6: qkd.v1.KeySyncService.OpenStream:input_type -> qkd.v1.OpenStreamRequest
+	7,  // 7: qkd.v1.KeySyncService.Allocate:input_type -> qkd.v1.AllocateRequest
+	9,  // 8: qkd.v1.KeySyncService.RequestAllocation:input_type -> qkd.v1.RequestAllocationRequest
+	1,  // 9: qkd.v1.KeySyncService.Relay:input_type -> qkd.v1.RelayRequest
+	6,  // 10: qkd.v1.KeySyncService.OpenStream:output_type -> qkd.v1.OpenStreamResponse
+	8,  // 11: qkd.v1.KeySyncService.Allocate:output_type -> qkd.v1.AllocateResponse
+	10, // 12: qkd.v1.KeySyncService.RequestAllocation:output_type -> qkd.v1.RequestAllocationResponse
+	2,  // 13: qkd.v1.KeySyncService.Relay:output_type -> qkd.v1.RelayResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_qkd_v1_keysync_proto_init() }
@@ -563,7 +769,7 @@ func file_qkd_v1_keysync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qkd_v1_keysync_proto_rawDesc), len(file_qkd_v1_keysync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

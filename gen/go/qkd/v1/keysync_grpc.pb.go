@@ -22,6 +22,7 @@ const (
 	KeySyncService_OpenStream_FullMethodName        = "/qkd.v1.KeySyncService/OpenStream"
 	KeySyncService_Allocate_FullMethodName          = "/qkd.v1.KeySyncService/Allocate"
 	KeySyncService_RequestAllocation_FullMethodName = "/qkd.v1.KeySyncService/RequestAllocation"
+	KeySyncService_Relay_FullMethodName             = "/qkd.v1.KeySyncService/Relay"
 )
 
 // KeySyncServiceClient is the client API for KeySyncService service.
@@ -43,6 +44,13 @@ type KeySyncServiceClient interface {
 	// keys than the stream holds: the Master KMM allocates now, synchronises,
 	// and answers when done.
 	RequestAllocation(ctx context.Context, in *RequestAllocationRequest, opts ...grpc.CallOption) (*RequestAllocationResponse, error)
+	// Relay is the Key Relay Element's hop (paper Fig. 2, ITU-T Y.3803): the
+	// node before this one on a key stream's path sends, for each key X of the
+	// stream, Z = X xor P where P is the key of the same sequence number that
+	// both hold in the stream of the hop between them. This node recovers
+	// X = Z xor P, checks it, stores it in the stream and erases P. Idempotent
+	// per sequence number.
+	Relay(ctx context.Context, in *RelayRequest, opts ...grpc.CallOption) (*RelayResponse, error)
 }
 
 type keySyncServiceClient struct {
@@ -83,6 +91,16 @@ func (c *keySyncServiceClient) RequestAllocation(ctx context.Context, in *Reques
 	return out, nil
 }
 
+func (c *keySyncServiceClient) Relay(ctx context.Context, in *RelayRequest, opts ...grpc.CallOption) (*RelayResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RelayResponse)
+	err := c.cc.Invoke(ctx, KeySyncService_Relay_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeySyncServiceServer is the server API for KeySyncService service.
 // All implementations must embed UnimplementedKeySyncServiceServer
 // for forward compatibility.
@@ -102,6 +120,13 @@ type KeySyncServiceServer interface {
 	// keys than the stream holds: the Master KMM allocates now, synchronises,
 	// and answers when done.
 	RequestAllocation(context.Context, *RequestAllocationRequest) (*RequestAllocationResponse, error)
+	// Relay is the Key Relay Element's hop (paper Fig. 2, ITU-T Y.3803): the
+	// node before this one on a key stream's path sends, for each key X of the
+	// stream, Z = X xor P where P is the key of the same sequence number that
+	// both hold in the stream of the hop between them. This node recovers
+	// X = Z xor P, checks it, stores it in the stream and erases P. Idempotent
+	// per sequence number.
+	Relay(context.Context, *RelayRequest) (*RelayResponse, error)
 	mustEmbedUnimplementedKeySyncServiceServer()
 }
 
@@ -120,6 +145,9 @@ func (UnimplementedKeySyncServiceServer) Allocate(context.Context, *AllocateRequ
 }
 func (UnimplementedKeySyncServiceServer) RequestAllocation(context.Context, *RequestAllocationRequest) (*RequestAllocationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RequestAllocation not implemented")
+}
+func (UnimplementedKeySyncServiceServer) Relay(context.Context, *RelayRequest) (*RelayResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Relay not implemented")
 }
 func (UnimplementedKeySyncServiceServer) mustEmbedUnimplementedKeySyncServiceServer() {}
 func (UnimplementedKeySyncServiceServer) testEmbeddedByValue()                        {}
@@ -196,6 +224,24 @@ func _KeySyncService_RequestAllocation_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeySyncService_Relay_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RelayRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeySyncServiceServer).Relay(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeySyncService_Relay_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeySyncServiceServer).Relay(ctx, req.(*RelayRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeySyncService_ServiceDesc is the grpc.ServiceDesc for KeySyncService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -214,6 +260,10 @@ var KeySyncService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RequestAllocation",
 			Handler:    _KeySyncService_RequestAllocation_Handler,
+		},
+		{
+			MethodName: "Relay",
+			Handler:    _KeySyncService_Relay_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

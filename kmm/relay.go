@@ -1,0 +1,289 @@
+package kmm
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/kmm/keystore"
+)
+
+// The Key Relay Element (paper Fig. 2; ITU-T Y.3803). On the path
+// N0 -L0- N1 -L1- ... -L(n-1)- Nn of a key stream S from a master SAE at N0
+// to a slave SAE at Nn:
+//
+//   - every node holds S, the keys X the two SAEs share, at the same
+//     sequence numbers: N0 and N1 get them by the usual allocation on L0;
+//   - hop i >= 1 has a stream S#i on Li between Ni and N(i+1), allocated
+//     as usual, whose keys are one-time pads;
+//   - Ni (1 <= i < n) sends N(i+1), for each X_k, Z_k = X_k xor S#i[k]; once
+//     N(i+1) holds X_k it erases X_k and the pad;
+//   - N(i+1) recovers X_k = Z_k xor S#i[k], checks it, stores it in S and
+//     erases the pad, in one transaction.
+//
+// So the SAE at Nn gets X_k under the same key_ID as the SAE at N0, every
+// pad is used once and erased at both ends, and a relay node keeps nothing
+// once the next node holds the key.
+
+// RelayHop is one hop of a multi-hop stream at this node.
+type RelayHop struct {
+	// Stream is the hop's stream: S on the path's first hop, S#i on hop i.
+	Stream string
+	Link   string
+	Peer   string
+}
+
+// RelayPlan is this node's part in a multi-hop key stream.
+type RelayPlan struct {
+	// Stream is the end-to-end stream S (master SAE -> slave SAE).
+	Stream string
+	// In is the hop towards the master SAE's node, Out the hop towards the
+	// slave SAE's; nil at the end nodes.
+	In, Out *RelayHop
+}
+
+// HopStreamID names the stream of hop i (>= 1) of stream s.
+func HopStreamID(s string, hop int) string { return fmt.Sprintf("%s#%d", s, hop) }
+
+// relays holds the node's plans.
+type relays struct {
+	mu    sync.Mutex
+	plans map[string]RelayPlan // by end-to-end stream
+	wake  chan struct{}
+}
+
+// SetRelays replaces the node's multi-hop plans (from the configuration the
+// controller pushed).
+func (k *KMM) SetRelays(plans []RelayPlan) {
+	m := map[string]RelayPlan{}
+	for _, p := range plans {
+		m[p.Stream] = p
+	}
+	k.relay.mu.Lock()
+	k.relay.plans = m
+	k.relay.mu.Unlock()
+	k.wakeRelay()
+}
+
+func (k *KMM) wakeRelay() {
+	select {
+	case k.relay.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (k *KMM) relayPlans() []RelayPlan {
+	k.relay.mu.Lock()
+	defer k.relay.mu.Unlock()
+	out := make([]RelayPlan, 0, len(k.relay.plans))
+	for _, p := range k.relay.plans {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b RelayPlan) int { return strings.Compare(a.Stream, b.Stream) })
+	return out
+}
+
+// relayed reports whether stream s arrives here by relay (this node is
+// neither of the path's first two), so a key not here yet may still come.
+func (k *KMM) relayed(s string) bool {
+	k.relay.mu.Lock()
+	defer k.relay.mu.Unlock()
+	p, ok := k.relay.plans[s]
+	return ok && p.In != nil && p.In.Stream != s
+}
+
+// hopOf finds the plan hop that a peer's keysync message about stream id
+// on link is for.
+func (k *KMM) hopOf(id, link, peer string) bool {
+	k.relay.mu.Lock()
+	defer k.relay.mu.Unlock()
+	for _, p := range k.relay.plans {
+		for _, h := range []*RelayHop{p.In, p.Out} {
+			if h != nil && h.Stream == id && h.Link == link && h.Peer == peer {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// relayBatch bounds the keys of one Relay message.
+const relayBatch = 512
+
+// relayLoop relays keys on every plan where this node sends, when keys
+// arrive and at least every 100 ms, until ctx is done.
+func (k *KMM) relayLoop(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		changed := k.store.Changed()
+		busy := false
+		for _, p := range k.relayPlans() {
+			if p.In == nil || p.Out == nil {
+				continue
+			}
+			n, err := k.relayOnce(ctx, p)
+			if err != nil && ctx.Err() == nil {
+				k.logger.WarnContext(ctx, "key relay failed; retrying", "stream", p.Stream, "to", p.Out.Peer, "err", err)
+			}
+			busy = busy || n == relayBatch
+		}
+		if busy {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-k.relay.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// relayCheck is the integrity check of a relayed key.
+func relayCheck(stream string, seq uint64, key []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("qkdnet relay check\x00"))
+	m.Write([]byte(stream))
+	var b [9]byte
+	binary.BigEndian.PutUint64(b[1:], seq)
+	m.Write(b[:])
+	return m.Sum(nil)[:16]
+}
+
+// relayOnce sends the next keys of p's stream that have a pad on the out
+// hop, and erases what the next node confirms it holds. It asks for pads
+// where keys have none yet. It returns how many keys it relayed.
+func (k *KMM) relayOnce(ctx context.Context, p RelayPlan) (int, error) {
+	xs, err := k.store.ReadSeqs(p.Stream, 0, relayBatch)
+	if err != nil || len(xs) == 0 {
+		return 0, err
+	}
+	defer func() {
+		for _, x := range xs {
+			clear(x.Key)
+		}
+	}()
+	pads, err := k.store.ReadSeqs(p.Out.Stream, xs[0].Seq, relayBatch)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		for _, x := range pads {
+			clear(x.Key)
+		}
+	}()
+	bySeq := make(map[uint64][]byte, len(pads))
+	for _, x := range pads {
+		bySeq[x.Seq] = x.Key
+	}
+	req := &qkdv1.RelayRequest{StreamId: p.Stream, HopStreamId: p.Out.Stream}
+	for _, x := range xs {
+		pad, ok := bySeq[x.Seq]
+		if !ok || len(pad) != len(x.Key) {
+			continue
+		}
+		z := make([]byte, len(pad))
+		for i := range z {
+			z[i] = x.Key[i] ^ pad[i]
+		}
+		req.Keys = append(req.Keys, &qkdv1.RelayedKey{Seq: x.Seq, KeyId: x.KeyID, Z: z, Check: relayCheck(p.Stream, x.Seq, x.Key)})
+	}
+	// Keys without a pad yet: have the out hop allocate up to the last one.
+	if last := xs[len(xs)-1].Seq; len(pads) == 0 || pads[len(pads)-1].Seq < last {
+		have := uint64(0)
+		if len(pads) > 0 {
+			have = pads[len(pads)-1].Seq + 1
+		} else {
+			have = xs[0].Seq
+		}
+		if want := int(last + 1 - have); want > 0 {
+			if err := k.fillHop(ctx, p, want); err != nil {
+				k.logger.DebugContext(ctx, "pads for relay not allocated yet", "stream", p.Out.Stream, "err", err)
+			}
+		}
+	}
+	if len(req.Keys) == 0 {
+		return 0, nil
+	}
+	cl, err := k.peers.KeySync(p.Out.Peer)
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := cl.Relay(cctx, req)
+	if err != nil {
+		return 0, err
+	}
+	held := resp.GetHeld()
+	if len(held) == 0 {
+		return 0, nil
+	}
+	if err := k.store.EraseSeqs(map[string][]uint64{p.Stream: held, p.Out.Stream: held}, "relayed_out"); err != nil {
+		return 0, err
+	}
+	return len(held), nil
+}
+
+// fillHop has the out hop's stream allocate want more pads.
+func (k *KMM) fillHop(ctx context.Context, p RelayPlan, want int) error {
+	st, ok := k.store.Stream(p.Out.Stream)
+	if !ok {
+		return fmt.Errorf("hop stream %s is not configured here", p.Out.Stream)
+	}
+	link, ok := k.topo.LinkByID(p.Out.Link)
+	if !ok {
+		return fmt.Errorf("link %s does not end here", p.Out.Link)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return k.fill(fctx, st, link, min(want, maxOnDemand))
+}
+
+// notRelayHop means a Relay message came from a node that is not the
+// stream's previous hop (keysync answers PERMISSION_DENIED).
+type notRelayHop struct{ msg string }
+
+func (e notRelayHop) Error() string     { return e.msg }
+func (e notRelayHop) NotRelayHop() bool { return true }
+
+// Relay implements keysync.Handler: the previous node of a multi-hop
+// stream sends keys padded with the hop's keys.
+func (k *KMM) Relay(ctx context.Context, peer string, req *qkdv1.RelayRequest) ([]uint64, error) {
+	k.relay.mu.Lock()
+	p, ok := k.relay.plans[req.GetStreamId()]
+	k.relay.mu.Unlock()
+	if !ok || p.In == nil || p.In.Peer != peer || p.In.Stream != req.GetHopStreamId() || p.In.Stream == p.Stream {
+		return nil, notRelayHop{fmt.Sprintf("node %s is not the previous hop of stream %s over %s", peer, req.GetStreamId(), req.GetHopStreamId())}
+	}
+	items := make([]keystore.RelayItem, 0, len(req.GetKeys()))
+	checks := make(map[uint64][]byte, len(req.GetKeys()))
+	for _, rk := range req.GetKeys() {
+		items = append(items, keystore.RelayItem{Seq: rk.GetSeq(), KeyID: rk.GetKeyId(), Z: rk.GetZ()})
+		checks[rk.GetSeq()] = rk.GetCheck()
+	}
+	held, err := k.store.PutRelayed(p.Stream, p.In.Stream, items, func(seq uint64, key []byte) bool {
+		return hmac.Equal(relayCheck(p.Stream, seq, key), checks[seq])
+	})
+	if errors.Is(err, keystore.ErrRelayCheck) {
+		k.logger.ErrorContext(ctx, "relayed keys failed their integrity check; not stored", "stream", p.Stream, "from", peer, "err", err)
+		err = nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(held) > 0 {
+		k.wakeRelay()
+	}
+	return held, nil
+}
