@@ -43,7 +43,16 @@ func crashCopy(t *testing.T, s *Store) string {
 	t.Helper()
 	src := filepath.Dir(s.Path())
 	dst := t.TempDir()
-	for _, name := range []string{"kek", "keys.db"} {
+	// Every file of the store: the KEK, keys.db and the serve log.
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)

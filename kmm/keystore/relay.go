@@ -161,9 +161,14 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 			stored++
 			used++
 		}
+		lowest := uint64(maxSeq)
+		for _, q := range held {
+			lowest = min(lowest, q)
+		}
 		s.afterCommit(tx, func() {
 			s.inStream[streamID] += stored
 			s.inStream[padStream] -= used
+			s.lowerHead(streamID, lowest)
 		})
 		return s.add(tx, map[string]uint64{streamCounter(streamID, "relayed_in"): uint64(stored), streamCounter(padStream, "pads_used"): uint64(used)})
 	})

@@ -111,6 +111,19 @@ type Store struct {
 	txCounters map[string]uint64
 	txAfter    []func()
 
+	// The serve log (servelog.go): serving writes there, not to bbolt.
+	log          *serveLog
+	serveOps     chan *serveOp
+	serveStopped chan struct{}
+	// tombs are the stream keys served (or being served) and not yet
+	// deleted from bbolt by a checkpoint: every read skips them.
+	tombMu sync.RWMutex
+	tombs  map[string]map[uint64]struct{}
+	// heads are where TakeNext starts to scan a stream: every key below
+	// is tombstoned or gone. Guarded by tombMu; headGen counts lowerings.
+	heads   map[string]uint64
+	headGen map[string]uint64
+
 	// commits and committedOps count group commits and the ops they held.
 	commits, committedOps, commitNanos atomic.Uint64
 }
@@ -152,6 +165,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		streams:  map[string]Stream{},
 		counters: map[string]uint64{},
 		changed:  make(chan struct{}),
+
+		serveOps:     make(chan *serveOp, 1024),
+		serveStopped: make(chan struct{}),
+		tombs:        map[string]map[uint64]struct{}{},
+		heads:        map[string]uint64{},
+		headGen:      map[string]uint64{},
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -159,12 +178,18 @@ func Open(dir string, opts Options) (*Store, error) {
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
-	if err := s.load(); err != nil {
+	if err := s.openServeLog(dir); err != nil {
 		db.Close()
 		return nil, err
 	}
-	s.writerWG.Add(1)
+	if err := s.load(); err != nil {
+		s.log.close()
+		db.Close()
+		return nil, err
+	}
+	s.writerWG.Add(2)
 	go s.writer()
+	go s.serveWriter()
 	return s, nil
 }
 
@@ -213,6 +238,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.writerWG.Wait()
+		s.log.close()
 		err = s.db.Close()
 	})
 	return err
@@ -356,6 +382,17 @@ func (s *Store) commit(batch []*op) {
 // has committed, and then signals Changed. Only ops call it.
 func (s *Store) afterCommit(_ *bolt.Tx, f func()) {
 	s.txAfter = append(s.txAfter, f)
+}
+
+// lowerHead makes TakeNext scan stream from seq on, if it did not already:
+// keys were added there.
+func (s *Store) lowerHead(stream string, seq uint64) {
+	s.tombMu.Lock()
+	if h, ok := s.heads[stream]; ok && seq < h {
+		s.heads[stream] = seq
+		s.headGen[stream]++
+	}
+	s.tombMu.Unlock()
 }
 
 // Changed returns a channel that is closed the next time pool or stream sizes
@@ -873,6 +910,7 @@ func (s *Store) Commit(batchID string, unknown []string, maxRejects int) (int, e
 		s.afterCommit(tx, func() {
 			s.pool[pb.Link] += back
 			s.inStream[pb.StreamID] += n
+			s.lowerHead(pb.StreamID, pb.FirstSeq)
 		})
 		return s.add(tx, map[string]uint64{
 			linkCounter(pb.Link, "allocated"):       uint64(n),
@@ -983,6 +1021,7 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 		s.afterCommit(tx, func() {
 			s.pool[st.Link] -= moved
 			s.inStream[st.ID] += moved
+			s.lowerHead(st.ID, firstSeq)
 		})
 		return s.add(tx, map[string]uint64{
 			linkCounter(st.Link, "allocated"): uint64(moved),
@@ -1026,50 +1065,88 @@ func (s *Store) TakeNext(streamID string, n, sizeBits int) ([]Served, error) {
 		return nil, fmt.Errorf("bad request: %d keys of %d bits", n, sizeBits)
 	}
 	size := sizeBits / 8
+	counter := streamCounter(streamID, "delivered_enc")
 	var groups [][]part
-	err := s.update(func(tx *bolt.Tx) error {
+	fromStart := false
+	take := func(tx *bolt.Tx) (serveRecord, error) {
 		groups = groups[:0]
 		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
 		if b == nil {
-			return reject(ErrNotEnoughKeys)
+			return serveRecord{}, ErrNotEnoughKeys
+		}
+		s.tombMu.RLock()
+		gone := s.goneFunc(streamID)
+		head, gen := s.heads[streamID], s.headGen[streamID]
+		if fromStart {
+			// Not enough keys from the head: look again from the first
+			// key, in case keys were put below the head.
+			head = 0
 		}
 		c := b.Cursor()
 		var cur []part
 		have := 0
 		var next uint64
-		for k, v := c.First(); k != nil && len(groups) < n; k, v = c.Next() {
+		// firstLeft is the first key seen that this request leaves: the
+		// next scan starts there.
+		firstLeft, left := uint64(0), false
+		var start [8]byte
+		binary.BigEndian.PutUint64(start[:], head)
+		for k, v := c.Seek(start[:]); k != nil && len(groups) < n; k, v = c.Next() {
 			seq := binary.BigEndian.Uint64(k)
+			if gone(seq) {
+				continue
+			}
 			if len(cur) > 0 && seq != next {
-				// A gap (a key the peer did not know, or one that expired)
-				// breaks the run: start the key again after it.
+				// A gap (a key the peer did not know, one that expired,
+				// or one already served) breaks the run: start the key
+				// again after it.
+				if !left {
+					firstLeft, left = cur[0].seq, true
+				}
 				cur, have = nil, 0
 			}
 			r, err := decodeRecord(v)
 			if err != nil {
-				return err
+				s.tombMu.RUnlock()
+				return serveRecord{}, err
 			}
 			cur = append(cur, part{seq: seq, rec: r})
-			have += len(r.sealed) - dekIDSize - 12 - 16
+			have += len(r.sealed) - sealOverhead
 			next = seq + 1
 			if have >= size {
 				groups = append(groups, cur)
 				cur, have = nil, 0
 			}
 		}
+		s.tombMu.RUnlock()
 		if len(groups) < n {
-			return reject(ErrNotEnoughKeys)
+			return serveRecord{}, ErrNotEnoughKeys
 		}
-		used := 0
+		rec := serveRecord{stream: streamID, counter: counter, count: uint64(n)}
 		for _, g := range groups {
 			for _, p := range g {
-				if err := b.Delete(u64(p.seq)); err != nil {
-					return err
-				}
-				used++
+				rec.seqs = append(rec.seqs, p.seq)
 			}
 		}
-		s.afterCommit(tx, func() { s.inStream[streamID] -= used })
-		return s.add(tx, map[string]uint64{streamCounter(streamID, "delivered_enc"): uint64(n)})
+		newHead := rec.seqs[len(rec.seqs)-1] + 1
+		if left {
+			newHead = firstLeft
+		}
+		s.tombMu.Lock()
+		if s.headGen[streamID] == gen && !fromStart {
+			s.heads[streamID] = max(s.heads[streamID], newHead)
+		}
+		s.tombMu.Unlock()
+		return rec, nil
+	}
+	err := s.serve(func(tx *bolt.Tx) (serveRecord, error) {
+		fromStart = false
+		rec, err := take(tx)
+		if errors.Is(err, ErrNotEnoughKeys) {
+			fromStart = true
+			rec, err = take(tx)
+		}
+		return rec, err
 	})
 	if err != nil {
 		return nil, err
@@ -1143,35 +1220,34 @@ func (s *Store) TakeIDs(streamID string, keyIDs []string) ([]Served, error) {
 		seen[id] = true
 		parsed[i] = p
 	}
+	counter := streamCounter(streamID, "delivered_dec")
 	var groups [][]part
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.serve(func(tx *bolt.Tx) (serveRecord, error) {
 		groups = groups[:0]
 		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
 		if b == nil {
-			return reject(&KeyError{KeyID: keyIDs[0], Err: ErrUnknownKey})
+			return serveRecord{}, &KeyError{KeyID: keyIDs[0], Err: ErrUnknownKey}
 		}
-		claimed := map[uint64]bool{}
+		s.tombMu.RLock()
+		defer s.tombMu.RUnlock()
+		gone := s.goneFunc(streamID)
+		claimed := make(map[uint64]bool, len(parsed))
+		rec := serveRecord{stream: streamID, counter: counter, count: uint64(len(keyIDs))}
 		for i, p := range parsed {
-			g, err := findParts(b, p, streamID)
+			g, err := findParts(b, p, streamID, gone)
 			if err != nil {
-				return reject(&KeyError{KeyID: keyIDs[i], Err: err})
+				return serveRecord{}, &KeyError{KeyID: keyIDs[i], Err: err}
 			}
 			for _, pt := range g {
 				if claimed[pt.seq] {
-					return reject(&KeyError{KeyID: keyIDs[i], Err: errors.New("overlaps another requested key")})
+					return serveRecord{}, &KeyError{KeyID: keyIDs[i], Err: errors.New("overlaps another requested key")}
 				}
 				claimed[pt.seq] = true
+				rec.seqs = append(rec.seqs, pt.seq)
 			}
 			groups = append(groups, g)
 		}
-		for seq := range claimed {
-			if err := b.Delete(u64(seq)); err != nil {
-				return err
-			}
-		}
-		used := len(claimed)
-		s.afterCommit(tx, func() { s.inStream[streamID] -= used })
-		return s.add(tx, map[string]uint64{streamCounter(streamID, "delivered_dec"): uint64(len(keyIDs))})
+		return rec, nil
 	})
 	if err != nil {
 		return nil, err
@@ -1192,11 +1268,14 @@ func (s *Store) TakeIDs(streamID string, keyIDs []string) ([]Served, error) {
 }
 
 // findParts reads the consecutive parts a served key ID names.
-func findParts(b *bolt.Bucket, p parsedKeyID, streamID string) ([]part, error) {
+func findParts(b *bolt.Bucket, p parsedKeyID, streamID string, gone func(uint64) bool) ([]part, error) {
 	size := p.sizeBits / 8
 	var g []part
 	have := 0
 	for seq := p.seq; have < size; seq++ {
+		if gone(seq) {
+			return nil, ErrUnknownKey
+		}
 		v := b.Get(u64(seq))
 		if v == nil {
 			return nil, ErrUnknownKey
@@ -1223,15 +1302,25 @@ func (s *Store) Holds(streamID, keyID string) bool {
 		return false
 	}
 	found := false
-	s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
-		if b == nil {
+	for stale := true; stale; {
+		stale = false
+		s.db.View(func(tx *bolt.Tx) error {
+			s.tombMu.RLock()
+			defer s.tombMu.RUnlock()
+			// A snapshot older than a checkpoint whose tombstones are
+			// gone would show served keys: read a newer one.
+			if stale = tx.ID() < s.log.dropped; stale {
+				return nil
+			}
+			b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
+			if b == nil {
+				return nil
+			}
+			_, err := findParts(b, p, streamID, s.goneFunc(streamID))
+			found = err == nil
 			return nil
-		}
-		_, err := findParts(b, p, streamID)
-		found = err == nil
-		return nil
-	})
+		})
+	}
 	return found
 }
 
@@ -1275,11 +1364,15 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		// their old place), so its scan stops at the first live key. A
 		// stream is not: a refused key may be allocated after younger ones,
 		// so every stream key is checked; streams are bounded by MaxBuffer.
-		expire := func(b *bolt.Bucket, ordered bool, onKey func(keyID string)) error {
+		expire := func(b *bolt.Bucket, ordered bool, gone func(uint64) bool, onKey func(keyID string)) error {
 			var dead [][]byte
 			err := b.ForEach(func(k, v []byte) error {
 				if len(v) < 8 {
 					return ErrCorrupt
+				}
+				if gone != nil && len(k) == 8 && gone(binary.BigEndian.Uint64(k)) {
+					// Served: the serve log's checkpoint deletes it.
+					return nil
 				}
 				if int64(binary.BigEndian.Uint64(v)) > cutoff {
 					if ordered {
@@ -1308,7 +1401,7 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		pools := tx.Bucket(bucketPool)
 		if err := pools.ForEachBucket(func(link []byte) error {
 			l := string(link)
-			return expire(pools.Bucket(link), true, func(string) {
+			return expire(pools.Bucket(link), true, nil, func(string) {
 				poolGone[l]++
 				deltas[linkCounter(l, "expired")]++
 			})
@@ -1316,9 +1409,11 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 			return err
 		}
 		keys := tx.Bucket(bucketKeys)
+		s.tombMu.RLock()
+		defer s.tombMu.RUnlock()
 		if err := keys.ForEachBucket(func(stream []byte) error {
 			st := string(stream)
-			return expire(keys.Bucket(stream), false, func(string) {
+			return expire(keys.Bucket(stream), false, s.goneFunc(st), func(string) {
 				streamGone[st]++
 				deltas[streamCounter(st, "expired")]++
 			})

@@ -19,32 +19,33 @@ func (s *Store) TakeAt(streamID string, seq uint64, sizeBits int, what string) (
 	}
 	size := sizeBits / 8
 	var g []part
-	err := s.update(func(tx *bolt.Tx) error {
+	counter := streamCounter(streamID, what)
+	// Served through the serve log, like TakeNext and TakeIDs, so that a
+	// key another request has just served (tombstoned) is not served again.
+	err := s.serve(func(tx *bolt.Tx) (serveRecord, error) {
 		g = g[:0]
 		b := tx.Bucket(bucketKeys).Bucket([]byte(streamID))
 		if b == nil {
-			return reject(ErrNotEnoughKeys)
+			return serveRecord{}, ErrNotEnoughKeys
 		}
+		s.tombMu.RLock()
+		defer s.tombMu.RUnlock()
+		gone := s.goneFunc(streamID)
+		rec := serveRecord{stream: streamID, counter: counter, count: 1}
 		for q, have := seq, 0; have < size; q++ {
 			v := b.Get(u64(q))
-			if v == nil {
-				return reject(ErrNotEnoughKeys)
+			if v == nil || gone(q) {
+				return serveRecord{}, ErrNotEnoughKeys
 			}
 			r, err := decodeRecord(v)
 			if err != nil {
-				return err
+				return serveRecord{}, err
 			}
 			g = append(g, part{seq: q, rec: r})
-			have += len(r.sealed) - dekIDSize - 12 - 16
+			rec.seqs = append(rec.seqs, q)
+			have += len(r.sealed) - sealOverhead
 		}
-		for _, p := range g {
-			if err := b.Delete(u64(p.seq)); err != nil {
-				return err
-			}
-		}
-		used := len(g)
-		s.afterCommit(tx, func() { s.inStream[streamID] -= used })
-		return s.add(tx, map[string]uint64{streamCounter(streamID, what): 1})
+		return rec, nil
 	})
 	if err != nil {
 		return Served{}, err
