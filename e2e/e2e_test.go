@@ -87,6 +87,10 @@ func upWith(t testing.TB, o testbed.Options) *testbed.Network {
 
 // client returns an ETSI 014 client for an SAE of the running network.
 func client(t *testing.T, n *testbed.Network, sae string) *etsi014client.Client {
+	return clientTB(t, n, sae)
+}
+
+func clientTB(t testing.TB, n *testbed.Network, sae string) *etsi014client.Client {
 	t.Helper()
 	ep := n.Endpoints()
 	s, ok := ep.SAE(sae)

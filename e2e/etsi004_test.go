@@ -23,6 +23,10 @@ import (
 
 // ksClient is an ETSI 004 client of an SAE at its KMM's gRPC port.
 func ksClient(t *testing.T, n *testbed.Network, sae string) qkdv1.KeyStreamServiceClient {
+	return ksClientTB(t, n, sae)
+}
+
+func ksClientTB(t testing.TB, n *testbed.Network, sae string) qkdv1.KeyStreamServiceClient {
 	t.Helper()
 	ep := n.Endpoints()
 	s, _ := ep.SAE(sae)

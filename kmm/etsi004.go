@@ -157,7 +157,9 @@ func (k *KMM) OpenConnect(ctx context.Context, req *qkdv1.OpenConnectRequest) (*
 			return nil, k.toStatus(ctx, unavailable(err.Error()))
 		}
 	}
-	app, ok, _ := k.streams.App(id)
+	// The peer's OPEN_CONNECT may arrive before the controller's push of
+	// the stream has reached this node: give it a moment.
+	app, ok := k.waitApp(ctx, id, 2*time.Second)
 	if !ok {
 		return &qkdv1.OpenConnectResponse{Status: Status004NoConnection, KeyStreamId: id,
 			Message: fmt.Sprintf("no key stream %s reaches this node", id)}, nil
@@ -197,6 +199,26 @@ func (k *KMM) OpenConnect(ctx context.Context, req *qkdv1.OpenConnectRequest) (*
 	return out, nil
 }
 
+// waitApp returns application id once this node's configuration holds it,
+// waiting up to d.
+func (k *KMM) waitApp(ctx context.Context, id string, d time.Duration) (AppView, bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		app, ok, changed := k.streams.App(id)
+		if ok {
+			return app, true
+		}
+		select {
+		case <-changed:
+		case <-t.C:
+			return AppView{}, false
+		case <-ctx.Done():
+			return AppView{}, false
+		}
+	}
+}
+
 func cloneQoS(q *qkdv1.KeyStreamQoS) *qkdv1.KeyStreamQoS {
 	if q == nil {
 		return &qkdv1.KeyStreamQoS{}
@@ -232,8 +254,20 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 	if c == nil || !slices.Contains(app.Connected, caller) {
 		return nil, status.Errorf(codes.PermissionDenied, "%s has not opened key stream %s here (OPEN_CONNECT first)", caller, id)
 	}
-	if !slices.Contains(app.Connected, peerOf(app, caller)) {
-		return &qkdv1.GetStreamKeyResponse{Status: Status004PeerNotConn, Message: fmt.Sprintf("%s has not joined key stream %s", peerOf(app, caller), id)}, nil
+	// A blocking GET_KEY waits, within its timeout, for the peer to join
+	// (its OPEN_CONNECT may be on its way through the controller).
+	for wait := time.NewTimer(c.timeout); !slices.Contains(app.Connected, peerOf(app, caller)); {
+		_, _, changed := k.streams.App(id)
+		select {
+		case <-changed:
+		case <-wait.C:
+			return &qkdv1.GetStreamKeyResponse{Status: Status004PeerNotConn, Message: fmt.Sprintf("%s has not joined key stream %s", peerOf(app, caller), id)}, nil
+		case <-ctx.Done():
+			return nil, k.toStatus(ctx, ctx.Err())
+		}
+		if app, ok, _ = k.streams.App(id); !ok {
+			return nil, status.Errorf(codes.NotFound, "key stream %q is gone from this node", id)
+		}
 	}
 	k.c004.mu.Lock()
 	index := c.next
@@ -254,7 +288,10 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 	if !ok {
 		return nil, k.toStatus(ctx, unavailable(fmt.Sprintf("key stream %s is not configured at this node yet", id)))
 	}
-	link, ok := k.topo.LinkByID(st.Link)
+	// A stream that arrives by relay lives on no link here; its keys have
+	// the size of the link it arrives over.
+	relayed := k.relayed(st.ID)
+	link, ok := k.topo.LinkByID(strings.TrimPrefix(st.Link, "relay:"))
 	if !ok {
 		return nil, k.toStatus(ctx, unavailable(fmt.Sprintf("link %s of key stream %s does not end here", st.Link, id)))
 	}
@@ -286,7 +323,7 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 		}
 		// Ask for the keys up to this chunk, then wait for them until the
 		// caller's timeout.
-		if have := k.store.StreamCount(st.ID); have < per {
+		if have := k.store.StreamCount(st.ID); have < per && !relayed {
 			fctx, cancel := context.WithTimeout(ctx, time.Until(deadline)+time.Millisecond)
 			k.fill(fctx, st, link, per-have)
 			cancel()
