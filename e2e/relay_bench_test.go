@@ -105,7 +105,7 @@ func BenchmarkRelay(b *testing.B) {
 	b.ReportMetric(float64(two.p(0.99).Microseconds())/1000, "2hop-p99-ms")
 	b.ReportMetric(float64(lat1.p(0.5).Microseconds())/1000, "1hop-1key-p50-ms")
 	b.ReportMetric(float64(lat2.p(0.5).Microseconds())/1000, "2hop-1key-p50-ms")
-	b.ReportMetric(float64((lat2.p(0.5) - lat1.p(0.5)).Microseconds())/1000, "added-per-hop-p50-ms")
+	b.ReportMetric(float64((lat2.p(0.5)-lat1.p(0.5)).Microseconds())/1000, "added-per-hop-p50-ms")
 
 	// OPEN_CONNECT to the first key at both ends, over two hops.
 	var firstA, firstC []time.Duration
