@@ -65,7 +65,7 @@ func (s *southbound) openApp(ctx context.Context, req kmm.AppRequest) (string, e
 	var id string
 	err := s.client.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := ctlclient.Controller(cc).OpenApplication(ctx, &qkdv1.OpenApplicationRequest{
-			MasterSaeId: req.Master, SlaveSaeId: req.Slave, Priority: req.Priority, KeyChunkSize: req.ChunkSize,
+			MasterSaeId: req.Master, SlaveSaeId: req.Slave, Priority: req.Priority, KeyChunkSize: req.ChunkSize, ConnectSaeId: req.Connect,
 			Qos: &qkdv1.AppQoS{MinBandwidth: req.MinBPS, MaxBandwidth: req.MaxBPS, Jitter: req.Jitter, Ttl: req.TTL}})
 		if err == nil {
 			id = r.GetApplication().GetAppId()

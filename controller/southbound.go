@@ -204,6 +204,12 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 		QoS: state.QoS{MaxBandwidth: q.GetMaxBandwidth(), MinBandwidth: q.GetMinBandwidth(), Jitter: q.GetJitter(), TTL: q.GetTtl(),
 			SharedPath: q.GetClientsSharedPathEnable(), SharedKeys: q.GetClientsSharedKeysRequired()},
 	}
+	if sae := req.GetConnectSaeId(); sae != "" {
+		if n := map[string]string{master: mn, slave: sn}[sae]; n == "" || (id.Kind == pki.KindNode && n != id.ID) {
+			return nil, status.Errorf(codes.PermissionDenied, "%s may not connect SAE %q", id, sae)
+		}
+		spec.Connected = []string{sae}
+	}
 	r, err := c.propose(ctx, state.Command{Op: state.OpOpenApp, App: &spec})
 	if err != nil {
 		return nil, err

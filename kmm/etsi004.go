@@ -41,6 +41,8 @@ const (
 // AppRequest is what an application asks of a new key stream (ETSI 004
 // OPEN_CONNECT mapped onto ETSI 015 app_qos).
 type AppRequest struct {
+	// Connect, if set, is the SAE to connect as the application is created.
+	Connect string
 	Master, Slave               string
 	MinBPS, MaxBPS, Jitter, TTL uint32
 	Priority, ChunkSize         uint32
@@ -143,7 +145,7 @@ func (k *KMM) OpenConnect(ctx context.Context, req *qkdv1.OpenConnectRequest) (*
 	id := req.GetKeyStreamId()
 	out := &qkdv1.OpenConnectResponse{}
 	if id == "" {
-		id, err = k.streams.OpenQoS(ctx, AppRequest{Master: caller, Slave: dst, MinBPS: q.GetMinBps(), MaxBPS: q.GetMaxBps(),
+		id, err = k.streams.OpenQoS(ctx, AppRequest{Connect: caller, Master: caller, Slave: dst, MinBPS: q.GetMinBps(), MaxBPS: q.GetMaxBps(),
 			Jitter: q.GetJitter(), TTL: q.GetTtl(), Priority: q.GetPriority(), ChunkSize: chunk})
 		var qe *QoSError
 		switch {
@@ -168,10 +170,13 @@ func (k *KMM) OpenConnect(ctx context.Context, req *qkdv1.OpenConnectRequest) (*
 		return &qkdv1.OpenConnectResponse{Status: Status004InUse, KeyStreamId: id,
 			Message: fmt.Sprintf("key stream %s joins %s and %s", id, app.Master, app.Slave)}, nil
 	}
-	if slices.Contains(app.Connected, caller) {
+	created := req.GetKeyStreamId() == "" && slices.Contains(app.Connected, caller) && !k.connectedHere(id, caller)
+	if slices.Contains(app.Connected, caller) && !created {
 		return &qkdv1.OpenConnectResponse{Status: Status004InUse, KeyStreamId: id, Message: fmt.Sprintf("%s is already connected to key stream %s", caller, id)}, nil
 	}
-	if err := k.streams.Connect(ctx, id, caller, true); err != nil {
+	if created {
+		// The controller connected the caller as it created the stream.
+	} else if err := k.streams.Connect(ctx, id, caller, true); err != nil {
 		if status.Code(err) == codes.AlreadyExists {
 			return &qkdv1.OpenConnectResponse{Status: Status004InUse, KeyStreamId: id, Message: err.Error()}, nil
 		}
@@ -225,6 +230,14 @@ func cloneQoS(q *qkdv1.KeyStreamQoS) *qkdv1.KeyStreamQoS {
 	}
 	return &qkdv1.KeyStreamQoS{KeyChunkSize: q.GetKeyChunkSize(), MaxBps: q.GetMaxBps(), MinBps: q.GetMinBps(), Jitter: q.GetJitter(),
 		Priority: q.GetPriority(), Timeout: q.GetTimeout(), Ttl: q.GetTtl(), MetadataMimetype: q.GetMetadataMimetype()}
+}
+
+// connectedHere reports whether sae has an open connection to stream id at
+// this KMM.
+func (k *KMM) connectedHere(id, sae string) bool {
+	k.c004.mu.Lock()
+	defer k.c004.mu.Unlock()
+	return k.c004.m[[2]string{id, sae}] != nil
 }
 
 func peerOf(a AppView, sae string) string {

@@ -336,15 +336,32 @@ func (k *KMM) EnsureStream(st keystore.Stream) error {
 	if st.QoS == (keystore.QoS{}) {
 		st.QoS = k.set.DefaultQoS
 	}
-	if have, ok := k.store.Stream(st.ID); ok && have.Link == st.Link && have.QoS == st.QoS {
+	have, existed := k.store.Stream(st.ID)
+	if existed && have.Link == st.Link && have.QoS == st.QoS {
 		return nil
 	}
 	if _, err := k.store.PutStream(st); err != nil {
 		return err
 	}
 	k.alloc.Wake()
+	// A new stream on a link this KMM allocates gets a few keys at once, so
+	// that the first request of either SAE (ETSI 004 asks for the first key
+	// at both ends right after OPEN_CONNECT) finds them, and a relay node
+	// can start relaying.
+	if l, ok := k.topo.LinkByID(st.Link); !existed && ok && l.Master {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := k.alloc.Fill(ctx, st.ID, st.Link, prefill); err != nil && !errors.Is(err, keystore.ErrClosed) {
+				k.logger.Debug("no keys for a new stream yet", "stream", st.ID, "err", err)
+			}
+		}()
+	}
 	return nil
 }
+
+// prefill is how many keys a new stream gets at once.
+const prefill = 32
 
 // DefaultQoS is the QoS of a stream whose application asks for nothing.
 func (k *KMM) DefaultQoS() keystore.QoS { return k.set.DefaultQoS }

@@ -110,6 +110,8 @@ type AppSpec struct {
 	Created string `json:"created"`
 	// ChunkSize is the ETSI 004 key chunk size in bytes (0: none given).
 	ChunkSize uint32 `json:"chunk_size,omitempty"`
+	// Connected are SAEs connected from the start (ETSI 004).
+	Connected []string `json:"connected,omitempty"`
 }
 
 // Member is a controller replica.

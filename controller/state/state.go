@@ -538,6 +538,15 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 	}
 	info := &AppInfo{ID: a.ID, MasterSAE: a.MasterSAE, SlaveSAE: a.SlaveSAE, MasterNode: mn, SlaveNode: sn,
 		Path: slices.Clone(a.Path), Nodes: nodes, QoS: a.QoS, Priority: a.Priority, Created: a.Created, ChunkSize: a.ChunkSize}
+	for _, sae := range a.Connected {
+		if sae != a.MasterSAE && sae != a.SlaveSAE {
+			return nil, invalid("SAE %s is not a party of application %s", sae, a.ID)
+		}
+	}
+	if len(a.Connected) > 0 {
+		info.Connected = slices.Sorted(slices.Values(a.Connected))
+		info.Connected = slices.Compact(info.Connected)
+	}
 	for _, name := range a.Path {
 		info.Masters = append(info.Masters, s.links[name].Master)
 	}
@@ -558,6 +567,7 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 		if a.ChunkSize > 0 {
 			qa.KeyChunkSize = ygot.Uint32(a.ChunkSize)
 		}
+		qa.ConnectedSae = slices.Clone(info.Connected)
 		qa.AppQos = &qkd015.AppQoS{MaxBandwidth: ygot.Uint32(a.QoS.MaxBandwidth), MinBandwidth: ygot.Uint32(a.QoS.MinBandwidth),
 			Jitter: ygot.Uint32(a.QoS.Jitter), Ttl: ygot.Uint32(a.QoS.TTL),
 			ClientsSharedPathEnable: ygot.Bool(a.QoS.SharedPath), ClientsSharedKeysRequired: ygot.Bool(a.QoS.SharedKeys)}

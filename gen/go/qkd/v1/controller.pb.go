@@ -947,7 +947,11 @@ type OpenApplicationRequest struct {
 	Qos         *AppQoS                `protobuf:"bytes,3,opt,name=qos,proto3" json:"qos,omitempty"`
 	Priority    uint32                 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
 	// key_chunk_size is the ETSI 004 chunk size in bytes (0 for 014 streams).
-	KeyChunkSize  uint32 `protobuf:"varint,5,opt,name=key_chunk_size,json=keyChunkSize,proto3" json:"key_chunk_size,omitempty"`
+	KeyChunkSize uint32 `protobuf:"varint,5,opt,name=key_chunk_size,json=keyChunkSize,proto3" json:"key_chunk_size,omitempty"`
+	// connect_sae_id, when set, creates the application with that SAE already
+	// connected (ETSI 004 OPEN_CONNECT in one commit instead of two). It has
+	// no effect on an application that exists: use ConnectApplication.
+	ConnectSaeId  string `protobuf:"bytes,6,opt,name=connect_sae_id,json=connectSaeId,proto3" json:"connect_sae_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1015,6 +1019,13 @@ func (x *OpenApplicationRequest) GetKeyChunkSize() uint32 {
 		return x.KeyChunkSize
 	}
 	return 0
+}
+
+func (x *OpenApplicationRequest) GetConnectSaeId() string {
+	if x != nil {
+		return x.ConnectSaeId
+	}
+	return ""
 }
 
 // Hop is one link of an application's path, with the KMM roles on it.
@@ -2858,14 +2869,15 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\x06jitter\x18\x03 \x01(\rR\x06jitter\x12\x10\n" +
 	"\x03ttl\x18\x04 \x01(\rR\x03ttl\x12;\n" +
 	"\x1aclients_shared_path_enable\x18\x05 \x01(\bR\x17clientsSharedPathEnable\x12?\n" +
-	"\x1cclients_shared_keys_required\x18\x06 \x01(\bR\x19clientsSharedKeysRequired\"\xc2\x01\n" +
+	"\x1cclients_shared_keys_required\x18\x06 \x01(\bR\x19clientsSharedKeysRequired\"\xe8\x01\n" +
 	"\x16OpenApplicationRequest\x12\"\n" +
 	"\rmaster_sae_id\x18\x01 \x01(\tR\vmasterSaeId\x12 \n" +
 	"\fslave_sae_id\x18\x02 \x01(\tR\n" +
 	"slaveSaeId\x12 \n" +
 	"\x03qos\x18\x03 \x01(\v2\x0e.qkd.v1.AppQoSR\x03qos\x12\x1a\n" +
 	"\bpriority\x18\x04 \x01(\rR\bpriority\x12$\n" +
-	"\x0ekey_chunk_size\x18\x05 \x01(\rR\fkeyChunkSize\"r\n" +
+	"\x0ekey_chunk_size\x18\x05 \x01(\rR\fkeyChunkSize\x12$\n" +
+	"\x0econnect_sae_id\x18\x06 \x01(\tR\fconnectSaeId\"r\n" +
 	"\x03Hop\x12\x12\n" +
 	"\x04link\x18\x01 \x01(\tR\x04link\x12\x17\n" +
 	"\aqkdl_id\x18\x02 \x01(\tR\x06qkdlId\x12\x1f\n" +
