@@ -42,7 +42,7 @@ const (
 // OPEN_CONNECT mapped onto ETSI 015 app_qos).
 type AppRequest struct {
 	// Connect, if set, is the SAE to connect as the application is created.
-	Connect string
+	Connect                     string
 	Master, Slave               string
 	MinBPS, MaxBPS, Jitter, TTL uint32
 	Priority, ChunkSize         uint32
