@@ -161,8 +161,17 @@ func TestETSI004(t *testing.T) {
 	if r, err := a.CloseStream(ctx, &qkdv1.CloseStreamRequest{KeyStreamId: id}); err != nil || r.GetStatus() != 0 {
 		t.Fatalf("CLOSE at A = %v, %v", r, err)
 	}
-	if r, err := b.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, MetadataSize: 256}); err != nil || r.GetStatus() != 3 {
-		t.Errorf("GET_KEY after the peer closed = %v, %v; want status 3", r, err)
+	// B learns of the CLOSE with the controller's next push to B.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := b.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, MetadataSize: 256})
+		if err == nil && r.GetStatus() == 3 {
+			break
+		}
+		if err != nil || r.GetStatus() != 0 || time.Now().After(deadline) {
+			t.Fatalf("GET_KEY after the peer closed = %v, %v; want status 3", r, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	if r, err := b.CloseStream(ctx, &qkdv1.CloseStreamRequest{KeyStreamId: id}); err != nil || r.GetStatus() != 0 {
 		t.Fatalf("CLOSE at B = %v, %v", r, err)

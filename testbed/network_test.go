@@ -134,7 +134,12 @@ func fakeOptions(t *testing.T, mode string) Options {
 	if err != nil {
 		t.Fatal(err)
 	}
+	fig4, err := LoadTopology("fig4")
+	if err != nil {
+		t.Fatal(err)
+	}
 	return Options{
+		Topology:     fig4,
 		StateDir:     filepath.Join(t.TempDir(), "state"),
 		BasePort:     base,
 		Executable:   exe,

@@ -89,7 +89,11 @@ func TestPortPlanNoCollision(t *testing.T) {
 
 func TestPrepareAndEndpointsContract(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state")
-	plan, err := Prepare(Options{StateDir: state, KeyRate: 50})
+	fig4, err := LoadTopology("fig4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Prepare(Options{StateDir: state, KeyRate: 50, Topology: fig4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +171,7 @@ func TestPrepareAndEndpointsContract(t *testing.T) {
 
 	// A second Prepare with another base port reuses the PKI and moves ports.
 	ca1, _ := os.ReadFile(filepath.Join(state, "pki", "ca.pem"))
-	plan2, err := Prepare(Options{StateDir: state, BasePort: 30000})
+	plan2, err := Prepare(Options{StateDir: state, BasePort: 30000, Topology: fig4})
 	if err != nil {
 		t.Fatal(err)
 	}

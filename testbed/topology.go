@@ -25,8 +25,9 @@ import (
 var embedded embed.FS
 
 // DefaultTopologyName is the topology `qkdnet up` starts without --topology:
-// the paper's Fig. 4.
-const DefaultTopologyName = "fig4"
+// the paper's three rooftops A-B-C (its Fig. 1), whose SAEs at A and C get
+// keys relayed through B. "fig4" is the paper's two-node testbed.
+const DefaultTopologyName = "rooftops"
 
 // Topology is a testbed network: trusted nodes, QKD links between them and
 // the SAEs attached to them. The YAML format is documented at the top of

@@ -83,7 +83,14 @@ func TestParseTopologyErrors(t *testing.T) {
 }
 
 func TestEmbeddedTopologies(t *testing.T) {
-	top := DefaultTopology()
+	def := DefaultTopology()
+	if len(def.Nodes) != 3 || len(def.Links) != 2 || def.Links[1].A != "B" || def.Links[1].B != "C" || len(def.SAEs) != 3 || def.SAEs[2].Node != "C" {
+		t.Errorf("the default is not the paper's rooftops A-B-C: %+v", def)
+	}
+	top, err := LoadTopology("fig4")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if len(top.Nodes) != 2 || top.Nodes[0].ID != "A" || top.Nodes[1].KMEID != "KME_B" ||
 		len(top.Links) != 1 || top.Links[0].Master != "A" || top.Links[0].KeyRate != 1 || top.Links[0].KeyBytes != 32 ||
 		len(top.SAEs) != 2 || top.SAEs[0].ID != "SAE_A" || top.SAEs[1].Node != "B" {
@@ -116,7 +123,7 @@ func TestEmbeddedTopologies(t *testing.T) {
 			t.Errorf("testbed/topologies/%s.yaml differs from deploy/topologies/%[1]s.yaml; copy it over", name)
 		}
 	}
-	if _, err := LoadTopology("nope"); err == nil || !strings.Contains(err.Error(), "bench, fig4") {
+	if _, err := LoadTopology("nope"); err == nil || !strings.Contains(err.Error(), "bench, fig4, rooftops") {
 		t.Errorf("unknown topology: %v", err)
 	}
 	p := filepath.Join(t.TempDir(), "t.yaml")

@@ -173,22 +173,16 @@ func demoPair(top *testbed.Topology, from, to string) ([2]string, error) {
 	for _, s := range top.SAEs {
 		node[s.ID] = s.Node
 	}
-	first := func(n string) string {
-		for _, s := range top.SAEs {
-			if s.Node == n {
-				return s.ID
-			}
-		}
-		return ""
-	}
-	if from == "" && len(top.Links) > 0 {
-		from = first(top.Links[0].Master)
+	// By default the first SAE sends to the last SAE on another node: on the
+	// rooftops, SAE_A to SAE_C through the relay node B; on fig4, SAE_A to
+	// SAE_B.
+	if from == "" && len(top.SAEs) > 0 {
+		from = top.SAEs[0].ID
 	}
 	if to == "" {
-		// The first SAE across the first link from the sender's node.
-		for _, l := range top.Links {
-			if other := map[string]string{l.A: l.B, l.B: l.A}[node[from]]; other != "" {
-				to = first(other)
+		for i := len(top.SAEs) - 1; i >= 0; i-- {
+			if s := top.SAEs[i]; s.Node != node[from] {
+				to = s.ID
 				break
 			}
 		}

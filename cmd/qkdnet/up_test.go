@@ -318,8 +318,8 @@ func TestUpCommand(t *testing.T) {
 	}
 
 	kids := childrenOf(t, cmd.Process.Pid)
-	if len(kids) != 5 {
-		t.Fatalf("qkdnet up has %d children %v, want 2 agents and 3 controller replicas", len(kids), kids)
+	if len(kids) != 6 {
+		t.Fatalf("qkdnet up has %d children %v, want 3 agents (rooftops A, B, C) and 3 controller replicas", len(kids), kids)
 	}
 	if len(e.Controllers) != 3 || e.Operator == nil || e.Controllers[0].GRPC != fmt.Sprintf("127.0.0.1:%d", base+3000) {
 		t.Errorf("endpoints.json controllers %+v, operator %+v", e.Controllers, e.Operator)
