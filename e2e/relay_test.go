@@ -196,3 +196,36 @@ func TestRelayNodeKilled(t *testing.T) {
 	}
 	t.Logf("%d keys relayed A -> B -> C across two SIGKILLs of B; %d fetched late", len(s.enc), len(pending))
 }
+
+// TestRing runs four nodes in a ring, where SAE_A and SAE_C have two paths
+// of two hops (through B or through D): the controller picks one, keys flow
+// both ways, and the streams of SAE_B and SAE_D across the ring too.
+func TestRing(t *testing.T) {
+	top := &testbed.Topology{}
+	for _, id := range []string{"A", "B", "C", "D"} {
+		top.Nodes = append(top.Nodes, testbed.TopoNode{ID: id, KMEID: "KME_" + id})
+		top.SAEs = append(top.SAEs, testbed.TopoSAE{ID: "SAE_" + id, Node: id})
+	}
+	for _, l := range [][2]string{{"A", "B"}, {"B", "C"}, {"C", "D"}, {"D", "A"}} {
+		top.Links = append(top.Links, testbed.TopoLink{ID: l[0] + l[1], A: l[0], B: l[1], Master: l[0], Kind: "DV-QKD", Driver: "emulator", KeyRate: 500, KeyBytes: 32})
+	}
+	n := upWith(t, testbed.Options{Topology: top})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, p := range [][2]string{{"A", "C"}, {"C", "A"}, {"B", "D"}, {"D", "B"}} {
+		m, s := client(t, n, "SAE_"+p[0]), client(t, n, "SAE_"+p[1])
+		kc, err := encKeys(ctx, m, "SAE_"+p[1], etsi014client.KeyRequest{Number: 2})
+		if err != nil {
+			t.Fatalf("%s -> %s: enc_keys: %v", p[0], p[1], err)
+		}
+		dc, err := decKeys(ctx, s, "SAE_"+p[0], kc.Keys[0].KeyID, kc.Keys[1].KeyID)
+		if err != nil || !bytes.Equal(dc.Keys[0].Bytes, kc.Keys[0].Bytes) || !bytes.Equal(dc.Keys[1].Bytes, kc.Keys[1].Bytes) {
+			t.Fatalf("%s -> %s: dec_keys %v", p[0], p[1], err)
+		}
+	}
+	for _, app := range network(t, n).GetApplications() {
+		if len(app.GetHops()) != 2 {
+			t.Errorf("application %s -> %s takes %d hops, want 2", app.GetMasterSaeId(), app.GetSlaveSaeId(), len(app.GetHops()))
+		}
+	}
+}
