@@ -249,6 +249,10 @@ func (a *networkAPI) RemoveLink(ctx context.Context, req *qkdv1.RemoveLinkReques
 	return a.write(ctx, state.Command{Op: state.OpRemoveLink, Name: req.GetName()})
 }
 
+func (a *networkAPI) EnableLink(ctx context.Context, req *qkdv1.EnableLinkRequest) (*qkdv1.WriteResponse, error) {
+	return a.write(ctx, state.Command{Op: state.OpEnableLink, Name: req.GetName(), Link: &state.LinkSpec{Disabled: !req.GetEnable()}})
+}
+
 func (a *networkAPI) AddSAE(ctx context.Context, req *qkdv1.AddSAERequest) (*qkdv1.WriteResponse, error) {
 	return a.write(ctx, state.Command{Op: state.OpAddSAE, SAE: &state.SAESpec{ID: req.GetSaeId(), Node: req.GetNode()}})
 }

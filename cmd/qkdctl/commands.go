@@ -200,6 +200,38 @@ var commandList = []*command{
 		},
 	},
 	{
+		name:    "enable-link",
+		json:    `WriteResponse: {"config_version": "N"}`,
+		args:    []string{"NAME"},
+		summary: "enable a link (its drivers run, paths may use it)",
+		about:   "Sets the link's qkdl_enable: the QKD drivers at both ends start and new paths may use it.",
+		write:   true,
+		setup: func(*flag.FlagSet) action {
+			return func(x *call, a []string) error {
+				return x.write("link "+a[0]+" enabled", func(ctx context.Context, n qkdv1.NetworkServiceClient) (*qkdv1.WriteResponse, error) {
+					return n.EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: a[0], Enable: true})
+				})
+			}
+		},
+	},
+	{
+		name:    "disable-link",
+		json:    `WriteResponse: {"config_version": "N"}`,
+		args:    []string{"NAME"},
+		summary: "disable a link (its drivers stop: the link goes down)",
+		about: "Clears the link's qkdl_enable: the QKD drivers at both ends stop, so the link makes no key,\n" +
+			"and no new path uses it. Streams on it are served from the keys they hold, then answer\n" +
+			"that key is short until the link is enabled again.",
+		write: true,
+		setup: func(*flag.FlagSet) action {
+			return func(x *call, a []string) error {
+				return x.write("link "+a[0]+" disabled", func(ctx context.Context, n qkdv1.NetworkServiceClient) (*qkdv1.WriteResponse, error) {
+					return n.EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: a[0]})
+				})
+			}
+		},
+	},
+	{
 		name:    "add-sae",
 		json:    `WriteResponse: {"config_version": "N"}`,
 		args:    []string{"SAE_ID", "NODE"},

@@ -162,6 +162,8 @@ type (
 		Priority      uint32            `json:"priority"`
 		Statuses      map[string]string `json:"statuses"`
 		KeysDelivered string            `json:"keys_delivered"`
+		ConnectedSAEs []string          `json:"connected_saes"`
+		KeyChunkSize  uint32            `json:"key_chunk_size"`
 	}
 	jsonMember struct {
 		ID          string `json:"id"`
@@ -406,6 +408,15 @@ func TestNetworkCommands(t *testing.T) {
 	if len(apps.Applications) != 0 || apps.Applications == nil {
 		t.Errorf("apps after remove-app: %+v", apps)
 	}
+	e.write("disable-link", "L_AB")
+	e.okJSON(&links, "links")
+	for _, l := range links.Links {
+		if l.Name == "L_AB" && l.Enable {
+			t.Errorf("L_AB enabled after disable-link: %+v", l)
+		}
+	}
+	e.write("enable-link", "L_AB")
+	e.fails(1, `qkdctl: enable-link: not found: link "L_ZZ"`, "enable-link", "L_ZZ")
 	e.write("remove-link", "L_AB")
 	e.write("remove-link", "L_CD")
 	e.write("remove-sae", "SAE_D")

@@ -16,6 +16,7 @@ const (
 	OpRemoveNode   Op = "remove_node"
 	OpAddLink      Op = "add_link"
 	OpRemoveLink   Op = "remove_link"
+	OpEnableLink   Op = "enable_link" // Name, Link.Disabled
 	OpAddSAE       Op = "add_sae"
 	OpRemoveSAE    Op = "remove_sae"
 	OpOpenApp      Op = "open_app"

@@ -129,6 +129,11 @@ func (s *State) Apply(index uint64, c Command) (any, error) {
 		return nil, s.addLink(*c.Link)
 	case OpRemoveLink:
 		return nil, s.removeLink(c.Name)
+	case OpEnableLink:
+		if c.Link == nil {
+			return nil, invalid("enable_link without link")
+		}
+		return nil, s.enableLink(c.Name, !c.Link.Disabled)
 	case OpAddSAE:
 		if c.SAE == nil {
 			return nil, invalid("add_sae without SAE")
@@ -430,6 +435,22 @@ func (s *State) removeLink(name string) error {
 		}
 	}
 	delete(s.links, name)
+	s.touch(l.A, l.B)
+	return nil
+}
+
+// enableLink sets qkdl_enable of a link at both ends.
+func (s *State) enableLink(name string, on bool) error {
+	l, ok := s.links[name]
+	if !ok {
+		return notFound("link %q", name)
+	}
+	for _, n := range []string{l.A, l.B} {
+		if ql := qkd015.Links(s.nodes[n])[l.ID]; ql != nil {
+			ql.QkdlEnable = ygot.Bool(on)
+		}
+	}
+	l.Enabled = on
 	s.touch(l.A, l.B)
 	return nil
 }

@@ -454,3 +454,32 @@ func TestJoinAndLeave(t *testing.T) {
 		t.Errorf("link still carries %v", l.Apps)
 	}
 }
+
+func TestEnableLink(t *testing.T) {
+	s := New()
+	apply(t, s, ring(4)...)
+	apply(t, s, Command{Op: OpEnableLink, Name: "L0", Link: &LinkSpec{Disabled: true}})
+	for _, n := range []string{"N0", "N1"} {
+		tree, _ := s.Node(n)
+		if qkd015.Links(tree)[qkd015.LinkID("L0")].GetQkdlEnable() {
+			t.Errorf("node %s: L0 still enabled", n)
+		}
+	}
+	if p := s.ShortestPath("N0", "N1", nil); !slices.Equal(p, []string{"L3", "L2", "L1"}) {
+		t.Errorf("path around the disabled link = %v", p)
+	}
+	if _, err := s.CheckPath("N0", "N1", []string{"L0"}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a path over a disabled link checks: %v", err)
+	}
+	apply(t, s, Command{Op: OpEnableLink, Name: "L0", Link: &LinkSpec{}})
+	if p := s.ShortestPath("N0", "N1", nil); !slices.Equal(p, []string{"L0"}) {
+		t.Errorf("path after re-enabling = %v", p)
+	}
+	if _, err := s.Apply(s.Index()+1, Command{Op: OpEnableLink, Name: "nope", Link: &LinkSpec{}}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown link: %v", err)
+	}
+	r, err := Restore(snap(t, s))
+	if err != nil || !bytes.Equal(snap(t, r), snap(t, s)) {
+		t.Errorf("restore: %v", err)
+	}
+}

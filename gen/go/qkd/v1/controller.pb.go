@@ -2610,6 +2610,59 @@ func (x *AddLinkRequest) GetDisabled() bool {
 	return false
 }
 
+// EnableLinkRequest enables or disables a link.
+type EnableLinkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Enable        bool                   `protobuf:"varint,2,opt,name=enable,proto3" json:"enable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableLinkRequest) Reset() {
+	*x = EnableLinkRequest{}
+	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableLinkRequest) ProtoMessage() {}
+
+func (x *EnableLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableLinkRequest.ProtoReflect.Descriptor instead.
+func (*EnableLinkRequest) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *EnableLinkRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EnableLinkRequest) GetEnable() bool {
+	if x != nil {
+		return x.Enable
+	}
+	return false
+}
+
 // RemoveLinkRequest names a link.
 type RemoveLinkRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2620,7 +2673,7 @@ type RemoveLinkRequest struct {
 
 func (x *RemoveLinkRequest) Reset() {
 	*x = RemoveLinkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	mi := &file_qkd_v1_controller_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2685,7 @@ func (x *RemoveLinkRequest) String() string {
 func (*RemoveLinkRequest) ProtoMessage() {}
 
 func (x *RemoveLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	mi := &file_qkd_v1_controller_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2698,7 @@ func (x *RemoveLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLinkRequest.ProtoReflect.Descriptor instead.
 func (*RemoveLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{37}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RemoveLinkRequest) GetName() string {
@@ -2666,7 +2719,7 @@ type AddSAERequest struct {
 
 func (x *AddSAERequest) Reset() {
 	*x = AddSAERequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[38]
+	mi := &file_qkd_v1_controller_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2678,7 +2731,7 @@ func (x *AddSAERequest) String() string {
 func (*AddSAERequest) ProtoMessage() {}
 
 func (x *AddSAERequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[38]
+	mi := &file_qkd_v1_controller_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2691,7 +2744,7 @@ func (x *AddSAERequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddSAERequest.ProtoReflect.Descriptor instead.
 func (*AddSAERequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{38}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *AddSAERequest) GetSaeId() string {
@@ -2718,7 +2771,7 @@ type RemoveSAERequest struct {
 
 func (x *RemoveSAERequest) Reset() {
 	*x = RemoveSAERequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[39]
+	mi := &file_qkd_v1_controller_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2783,7 @@ func (x *RemoveSAERequest) String() string {
 func (*RemoveSAERequest) ProtoMessage() {}
 
 func (x *RemoveSAERequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[39]
+	mi := &file_qkd_v1_controller_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2796,7 @@ func (x *RemoveSAERequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSAERequest.ProtoReflect.Descriptor instead.
 func (*RemoveSAERequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{39}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RemoveSAERequest) GetSaeId() string {
@@ -2763,7 +2816,7 @@ type RemoveApplicationRequest struct {
 
 func (x *RemoveApplicationRequest) Reset() {
 	*x = RemoveApplicationRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[40]
+	mi := &file_qkd_v1_controller_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2828,7 @@ func (x *RemoveApplicationRequest) String() string {
 func (*RemoveApplicationRequest) ProtoMessage() {}
 
 func (x *RemoveApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[40]
+	mi := &file_qkd_v1_controller_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2841,7 @@ func (x *RemoveApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveApplicationRequest.ProtoReflect.Descriptor instead.
 func (*RemoveApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{40}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RemoveApplicationRequest) GetAppId() string {
@@ -3010,7 +3063,10 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\n" +
 	"technology\x18\x06 \x01(\tR\n" +
 	"technology\x12\x1a\n" +
-	"\bdisabled\x18\a \x01(\bR\bdisabled\"'\n" +
+	"\bdisabled\x18\a \x01(\bR\bdisabled\"?\n" +
+	"\x11EnableLinkRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06enable\x18\x02 \x01(\bR\x06enable\"'\n" +
 	"\x11RemoveLinkRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\":\n" +
 	"\rAddSAERequest\x12\x15\n" +
@@ -3028,7 +3084,7 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\x0eClusterService\x127\n" +
 	"\x06Status\x12\x15.qkd.v1.StatusRequest\x1a\x16.qkd.v1.StatusResponse\x121\n" +
 	"\x04Join\x12\x13.qkd.v1.JoinRequest\x1a\x14.qkd.v1.JoinResponse\x124\n" +
-	"\x05Leave\x12\x14.qkd.v1.LeaveRequest\x1a\x15.qkd.v1.LeaveResponse2\xdb\x04\n" +
+	"\x05Leave\x12\x14.qkd.v1.LeaveRequest\x1a\x15.qkd.v1.LeaveResponse2\x9b\x05\n" +
 	"\x0eNetworkService\x12C\n" +
 	"\n" +
 	"GetNetwork\x12\x19.qkd.v1.GetNetworkRequest\x1a\x1a.qkd.v1.GetNetworkResponse\x12L\n" +
@@ -3038,7 +3094,9 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"RemoveNode\x12\x19.qkd.v1.RemoveNodeRequest\x1a\x15.qkd.v1.WriteResponse\x128\n" +
 	"\aAddLink\x12\x16.qkd.v1.AddLinkRequest\x1a\x15.qkd.v1.WriteResponse\x12>\n" +
 	"\n" +
-	"RemoveLink\x12\x19.qkd.v1.RemoveLinkRequest\x1a\x15.qkd.v1.WriteResponse\x126\n" +
+	"RemoveLink\x12\x19.qkd.v1.RemoveLinkRequest\x1a\x15.qkd.v1.WriteResponse\x12>\n" +
+	"\n" +
+	"EnableLink\x12\x19.qkd.v1.EnableLinkRequest\x1a\x15.qkd.v1.WriteResponse\x126\n" +
 	"\x06AddSAE\x12\x15.qkd.v1.AddSAERequest\x1a\x15.qkd.v1.WriteResponse\x12<\n" +
 	"\tRemoveSAE\x12\x18.qkd.v1.RemoveSAERequest\x1a\x15.qkd.v1.WriteResponse\x12L\n" +
 	"\x11RemoveApplication\x12 .qkd.v1.RemoveApplicationRequest\x1a\x15.qkd.v1.WriteResponseB\x84\x01\n" +
@@ -3057,7 +3115,7 @@ func file_qkd_v1_controller_proto_rawDescGZIP() []byte {
 	return file_qkd_v1_controller_proto_rawDescData
 }
 
-var file_qkd_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_qkd_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_qkd_v1_controller_proto_goTypes = []any{
 	(*Interface)(nil),                  // 0: qkd.v1.Interface
 	(*Capabilities)(nil),               // 1: qkd.v1.Capabilities
@@ -3096,11 +3154,12 @@ var file_qkd_v1_controller_proto_goTypes = []any{
 	(*AddNodeRequest)(nil),             // 34: qkd.v1.AddNodeRequest
 	(*RemoveNodeRequest)(nil),          // 35: qkd.v1.RemoveNodeRequest
 	(*AddLinkRequest)(nil),             // 36: qkd.v1.AddLinkRequest
-	(*RemoveLinkRequest)(nil),          // 37: qkd.v1.RemoveLinkRequest
-	(*AddSAERequest)(nil),              // 38: qkd.v1.AddSAERequest
-	(*RemoveSAERequest)(nil),           // 39: qkd.v1.RemoveSAERequest
-	(*RemoveApplicationRequest)(nil),   // 40: qkd.v1.RemoveApplicationRequest
-	nil,                                // 41: qkd.v1.Application.StatusesEntry
+	(*EnableLinkRequest)(nil),          // 37: qkd.v1.EnableLinkRequest
+	(*RemoveLinkRequest)(nil),          // 38: qkd.v1.RemoveLinkRequest
+	(*AddSAERequest)(nil),              // 39: qkd.v1.AddSAERequest
+	(*RemoveSAERequest)(nil),           // 40: qkd.v1.RemoveSAERequest
+	(*RemoveApplicationRequest)(nil),   // 41: qkd.v1.RemoveApplicationRequest
+	nil,                                // 42: qkd.v1.Application.StatusesEntry
 }
 var file_qkd_v1_controller_proto_depIdxs = []int32{
 	0,  // 0: qkd.v1.RegisterRequest.interfaces:type_name -> qkd.v1.Interface
@@ -3114,7 +3173,7 @@ var file_qkd_v1_controller_proto_depIdxs = []int32{
 	12, // 8: qkd.v1.OpenApplicationRequest.qos:type_name -> qkd.v1.AppQoS
 	14, // 9: qkd.v1.Application.hops:type_name -> qkd.v1.Hop
 	12, // 10: qkd.v1.Application.qos:type_name -> qkd.v1.AppQoS
-	41, // 11: qkd.v1.Application.statuses:type_name -> qkd.v1.Application.StatusesEntry
+	42, // 11: qkd.v1.Application.statuses:type_name -> qkd.v1.Application.StatusesEntry
 	15, // 12: qkd.v1.ConnectApplicationResponse.application:type_name -> qkd.v1.Application
 	15, // 13: qkd.v1.OpenApplicationResponse.application:type_name -> qkd.v1.Application
 	20, // 14: qkd.v1.StatusResponse.members:type_name -> qkd.v1.Member
@@ -3135,28 +3194,30 @@ var file_qkd_v1_controller_proto_depIdxs = []int32{
 	34, // 29: qkd.v1.NetworkService.AddNode:input_type -> qkd.v1.AddNodeRequest
 	35, // 30: qkd.v1.NetworkService.RemoveNode:input_type -> qkd.v1.RemoveNodeRequest
 	36, // 31: qkd.v1.NetworkService.AddLink:input_type -> qkd.v1.AddLinkRequest
-	37, // 32: qkd.v1.NetworkService.RemoveLink:input_type -> qkd.v1.RemoveLinkRequest
-	38, // 33: qkd.v1.NetworkService.AddSAE:input_type -> qkd.v1.AddSAERequest
-	39, // 34: qkd.v1.NetworkService.RemoveSAE:input_type -> qkd.v1.RemoveSAERequest
-	40, // 35: qkd.v1.NetworkService.RemoveApplication:input_type -> qkd.v1.RemoveApplicationRequest
-	3,  // 36: qkd.v1.ControllerService.Register:output_type -> qkd.v1.RegisterResponse
-	11, // 37: qkd.v1.ControllerService.Session:output_type -> qkd.v1.SessionResponse
-	18, // 38: qkd.v1.ControllerService.OpenApplication:output_type -> qkd.v1.OpenApplicationResponse
-	17, // 39: qkd.v1.ControllerService.ConnectApplication:output_type -> qkd.v1.ConnectApplicationResponse
-	21, // 40: qkd.v1.ClusterService.Status:output_type -> qkd.v1.StatusResponse
-	23, // 41: qkd.v1.ClusterService.Join:output_type -> qkd.v1.JoinResponse
-	25, // 42: qkd.v1.ClusterService.Leave:output_type -> qkd.v1.LeaveResponse
-	30, // 43: qkd.v1.NetworkService.GetNetwork:output_type -> qkd.v1.GetNetworkResponse
-	32, // 44: qkd.v1.NetworkService.GetNodeConfig:output_type -> qkd.v1.GetNodeConfigResponse
-	33, // 45: qkd.v1.NetworkService.AddNode:output_type -> qkd.v1.WriteResponse
-	33, // 46: qkd.v1.NetworkService.RemoveNode:output_type -> qkd.v1.WriteResponse
-	33, // 47: qkd.v1.NetworkService.AddLink:output_type -> qkd.v1.WriteResponse
-	33, // 48: qkd.v1.NetworkService.RemoveLink:output_type -> qkd.v1.WriteResponse
-	33, // 49: qkd.v1.NetworkService.AddSAE:output_type -> qkd.v1.WriteResponse
-	33, // 50: qkd.v1.NetworkService.RemoveSAE:output_type -> qkd.v1.WriteResponse
-	33, // 51: qkd.v1.NetworkService.RemoveApplication:output_type -> qkd.v1.WriteResponse
-	36, // [36:52] is the sub-list for method output_type
-	20, // [20:36] is the sub-list for method input_type
+	38, // 32: qkd.v1.NetworkService.RemoveLink:input_type -> qkd.v1.RemoveLinkRequest
+	37, // 33: qkd.v1.NetworkService.EnableLink:input_type -> qkd.v1.EnableLinkRequest
+	39, // 34: qkd.v1.NetworkService.AddSAE:input_type -> qkd.v1.AddSAERequest
+	40, // 35: qkd.v1.NetworkService.RemoveSAE:input_type -> qkd.v1.RemoveSAERequest
+	41, // 36: qkd.v1.NetworkService.RemoveApplication:input_type -> qkd.v1.RemoveApplicationRequest
+	3,  // 37: qkd.v1.ControllerService.Register:output_type -> qkd.v1.RegisterResponse
+	11, // 38: qkd.v1.ControllerService.Session:output_type -> qkd.v1.SessionResponse
+	18, // 39: qkd.v1.ControllerService.OpenApplication:output_type -> qkd.v1.OpenApplicationResponse
+	17, // 40: qkd.v1.ControllerService.ConnectApplication:output_type -> qkd.v1.ConnectApplicationResponse
+	21, // 41: qkd.v1.ClusterService.Status:output_type -> qkd.v1.StatusResponse
+	23, // 42: qkd.v1.ClusterService.Join:output_type -> qkd.v1.JoinResponse
+	25, // 43: qkd.v1.ClusterService.Leave:output_type -> qkd.v1.LeaveResponse
+	30, // 44: qkd.v1.NetworkService.GetNetwork:output_type -> qkd.v1.GetNetworkResponse
+	32, // 45: qkd.v1.NetworkService.GetNodeConfig:output_type -> qkd.v1.GetNodeConfigResponse
+	33, // 46: qkd.v1.NetworkService.AddNode:output_type -> qkd.v1.WriteResponse
+	33, // 47: qkd.v1.NetworkService.RemoveNode:output_type -> qkd.v1.WriteResponse
+	33, // 48: qkd.v1.NetworkService.AddLink:output_type -> qkd.v1.WriteResponse
+	33, // 49: qkd.v1.NetworkService.RemoveLink:output_type -> qkd.v1.WriteResponse
+	33, // 50: qkd.v1.NetworkService.EnableLink:output_type -> qkd.v1.WriteResponse
+	33, // 51: qkd.v1.NetworkService.AddSAE:output_type -> qkd.v1.WriteResponse
+	33, // 52: qkd.v1.NetworkService.RemoveSAE:output_type -> qkd.v1.WriteResponse
+	33, // 53: qkd.v1.NetworkService.RemoveApplication:output_type -> qkd.v1.WriteResponse
+	37, // [37:54] is the sub-list for method output_type
+	20, // [20:37] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -3179,7 +3240,7 @@ func file_qkd_v1_controller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qkd_v1_controller_proto_rawDesc), len(file_qkd_v1_controller_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

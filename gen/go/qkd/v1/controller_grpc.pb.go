@@ -478,6 +478,7 @@ const (
 	NetworkService_RemoveNode_FullMethodName        = "/qkd.v1.NetworkService/RemoveNode"
 	NetworkService_AddLink_FullMethodName           = "/qkd.v1.NetworkService/AddLink"
 	NetworkService_RemoveLink_FullMethodName        = "/qkd.v1.NetworkService/RemoveLink"
+	NetworkService_EnableLink_FullMethodName        = "/qkd.v1.NetworkService/EnableLink"
 	NetworkService_AddSAE_FullMethodName            = "/qkd.v1.NetworkService/AddSAE"
 	NetworkService_RemoveSAE_FullMethodName         = "/qkd.v1.NetworkService/RemoveSAE"
 	NetworkService_RemoveApplication_FullMethodName = "/qkd.v1.NetworkService/RemoveApplication"
@@ -504,6 +505,9 @@ type NetworkServiceClient interface {
 	AddLink(ctx context.Context, in *AddLinkRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// RemoveLink removes a link that no application uses.
 	RemoveLink(ctx context.Context, in *RemoveLinkRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// EnableLink sets a link's qkdl_enable: a disabled link's drivers stop at
+	// both ends (the link goes down), and no new path uses it.
+	EnableLink(ctx context.Context, in *EnableLinkRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// AddSAE attaches an SAE to a node.
 	AddSAE(ctx context.Context, in *AddSAERequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// RemoveSAE detaches an SAE that no application uses.
@@ -580,6 +584,16 @@ func (c *networkServiceClient) RemoveLink(ctx context.Context, in *RemoveLinkReq
 	return out, nil
 }
 
+func (c *networkServiceClient) EnableLink(ctx context.Context, in *EnableLinkRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteResponse)
+	err := c.cc.Invoke(ctx, NetworkService_EnableLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *networkServiceClient) AddSAE(ctx context.Context, in *AddSAERequest, opts ...grpc.CallOption) (*WriteResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(WriteResponse)
@@ -631,6 +645,9 @@ type NetworkServiceServer interface {
 	AddLink(context.Context, *AddLinkRequest) (*WriteResponse, error)
 	// RemoveLink removes a link that no application uses.
 	RemoveLink(context.Context, *RemoveLinkRequest) (*WriteResponse, error)
+	// EnableLink sets a link's qkdl_enable: a disabled link's drivers stop at
+	// both ends (the link goes down), and no new path uses it.
+	EnableLink(context.Context, *EnableLinkRequest) (*WriteResponse, error)
 	// AddSAE attaches an SAE to a node.
 	AddSAE(context.Context, *AddSAERequest) (*WriteResponse, error)
 	// RemoveSAE detaches an SAE that no application uses.
@@ -664,6 +681,9 @@ func (UnimplementedNetworkServiceServer) AddLink(context.Context, *AddLinkReques
 }
 func (UnimplementedNetworkServiceServer) RemoveLink(context.Context, *RemoveLinkRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveLink not implemented")
+}
+func (UnimplementedNetworkServiceServer) EnableLink(context.Context, *EnableLinkRequest) (*WriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnableLink not implemented")
 }
 func (UnimplementedNetworkServiceServer) AddSAE(context.Context, *AddSAERequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AddSAE not implemented")
@@ -803,6 +823,24 @@ func _NetworkService_RemoveLink_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NetworkService_EnableLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnableLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NetworkServiceServer).EnableLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NetworkService_EnableLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NetworkServiceServer).EnableLink(ctx, req.(*EnableLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _NetworkService_AddSAE_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AddSAERequest)
 	if err := dec(in); err != nil {
@@ -887,6 +925,10 @@ var NetworkService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveLink",
 			Handler:    _NetworkService_RemoveLink_Handler,
+		},
+		{
+			MethodName: "EnableLink",
+			Handler:    _NetworkService_EnableLink_Handler,
 		},
 		{
 			MethodName: "AddSAE",
