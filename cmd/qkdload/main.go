@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -44,6 +45,7 @@ type options struct {
 	timeout  time.Duration
 	http2    bool
 	jsonOut  bool
+	cpuProf  string
 	pairs    string
 
 	start        bool
@@ -70,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "timeout of one HTTP request")
 	fs.BoolVar(&o.http2, "http2", false, "offer HTTP/2 (one multiplexed connection per SAE) instead of HTTP/1.1 keep-alive connections")
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object instead of the table")
+	fs.StringVar(&o.cpuProf, "cpuprofile", "", "write a CPU profile of qkdload itself (the load phases) to this file")
 	fs.StringVar(&o.pairs, "pairs", "", "explicit SAE pairs MASTER:SLAVE[,MASTER:SLAVE...] instead of pairing by KMM")
 
 	fs.BoolVar(&o.start, "start", false, "start a network first (qkdnet up in --state-dir) and stop it at the end")
@@ -171,6 +174,20 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		waitForKeys(ctx, cfg.pairs[0], o.number*o.clients, o.fillTimeout, stderr)
 	}
 
+	if o.cpuProf != "" {
+		f, err := os.Create(o.cpuProf)
+		if err != nil {
+			fmt.Fprintln(stderr, "qkdload:", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			fmt.Fprintln(stderr, "qkdload:", err)
+			return 1
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
 	res := run(ctx, cfg)
 	if o.jsonOut {
 		err = writeJSON(stdout, res)

@@ -419,6 +419,7 @@ func (s *Store) serveWriter() {
 				break drain
 			}
 		}
+		t0 := time.Now()
 		errs = errs[:len(batch)]
 		recs = recs[:0]
 		var served []int // index in batch of each record
@@ -457,6 +458,9 @@ func (s *Store) serveWriter() {
 		for i, o := range batch {
 			o.done <- errs[i]
 		}
+		s.serveGroups.Add(1)
+		s.servedOps.Add(uint64(len(batch)))
+		s.serveNanos.Add(uint64(time.Since(t0)))
 		s.maybeCheckpoint()
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // servedPair is a pair with 64 keys supplied and allocated to stream S.
@@ -185,4 +187,34 @@ func TestServeAfterClose(t *testing.T) {
 	if _, err := p.master.TakeIDs("S", []string{encodeKeyID("S", "k-000000", 0, 256)}); !errors.Is(err, ErrClosed) {
 		t.Errorf("TakeIDs after Close = %v, want ErrClosed", err)
 	}
+}
+
+func TestSeqCursor(t *testing.T) {
+	s := newStore(t)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("seqcursor"))
+		if err != nil {
+			return err
+		}
+		for _, q := range []uint64{0, 1, 2, 5, 6, 9} {
+			if err := b.Put(u64(q), []byte{byte(q)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.db.View(func(tx *bolt.Tx) error {
+		sc := newSeqCursor(tx.Bucket([]byte("seqcursor")))
+		held := map[uint64]bool{0: true, 1: true, 2: true, 5: true, 6: true, 9: true}
+		for _, q := range []uint64{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 6, 7, 2, 3, 5, 9, 9, 8, 9} {
+			v := sc.get(q)
+			if held[q] != (v != nil) || (v != nil && v[0] != byte(q)) {
+				t.Errorf("get(%d) = %v, held %v", q, v, held[q])
+			}
+		}
+		return nil
+	})
 }

@@ -126,6 +126,8 @@ type Store struct {
 
 	// commits and committedOps count group commits and the ops they held.
 	commits, committedOps, commitNanos atomic.Uint64
+	// serveGroups, servedOps and serveNanos do the same for the serve log.
+	serveGroups, servedOps, serveNanos atomic.Uint64
 }
 
 // Open opens (creating if needed) the store in dir: dir/kek holds the node
@@ -1233,8 +1235,9 @@ func (s *Store) TakeIDs(streamID string, keyIDs []string) ([]Served, error) {
 		gone := s.goneFunc(streamID)
 		claimed := make(map[uint64]bool, len(parsed))
 		rec := serveRecord{stream: streamID, counter: counter, count: uint64(len(keyIDs))}
+		sc := newSeqCursor(b)
 		for i, p := range parsed {
-			g, err := findParts(b, p, streamID, gone)
+			g, err := findParts(sc, p, streamID, gone)
 			if err != nil {
 				return serveRecord{}, &KeyError{KeyID: keyIDs[i], Err: err}
 			}
@@ -1267,8 +1270,43 @@ func (s *Store) TakeIDs(streamID string, keyIDs []string) ([]Served, error) {
 	return out, nil
 }
 
+// seqCursor reads a stream's keys by sequence number; reading the key after
+// the last one read costs one step instead of a search from the root (the
+// keys of one request usually follow each other).
+type seqCursor struct {
+	c   *bolt.Cursor
+	at  uint64 // seq of the key the cursor is on, if on
+	on  bool
+	buf [8]byte
+}
+
+func newSeqCursor(b *bolt.Bucket) *seqCursor { return &seqCursor{c: b.Cursor()} }
+
+// get returns the value of seq, or nil if the bucket does not hold it.
+func (sc *seqCursor) get(seq uint64) []byte {
+	if sc.on && seq == sc.at+1 {
+		k, v := sc.c.Next()
+		sc.on = k != nil && len(k) == 8 && binary.BigEndian.Uint64(k) == seq
+		if sc.on {
+			sc.at = seq
+			return v
+		}
+		if k == nil || (len(k) == 8 && binary.BigEndian.Uint64(k) > seq) {
+			return nil
+		}
+	}
+	binary.BigEndian.PutUint64(sc.buf[:], seq)
+	k, v := sc.c.Seek(sc.buf[:])
+	sc.on = k != nil && len(k) == 8 && binary.BigEndian.Uint64(k) == seq && v != nil
+	if !sc.on {
+		return nil
+	}
+	sc.at = seq
+	return v
+}
+
 // findParts reads the consecutive parts a served key ID names.
-func findParts(b *bolt.Bucket, p parsedKeyID, streamID string, gone func(uint64) bool) ([]part, error) {
+func findParts(sc *seqCursor, p parsedKeyID, streamID string, gone func(uint64) bool) ([]part, error) {
 	size := p.sizeBits / 8
 	var g []part
 	have := 0
@@ -1276,7 +1314,7 @@ func findParts(b *bolt.Bucket, p parsedKeyID, streamID string, gone func(uint64)
 		if gone(seq) {
 			return nil, ErrUnknownKey
 		}
-		v := b.Get(u64(seq))
+		v := sc.get(seq)
 		if v == nil {
 			return nil, ErrUnknownKey
 		}
@@ -1316,7 +1354,7 @@ func (s *Store) Holds(streamID, keyID string) bool {
 			if b == nil {
 				return nil
 			}
-			_, err := findParts(b, p, streamID, s.goneFunc(streamID))
+			_, err := findParts(newSeqCursor(b), p, streamID, s.goneFunc(streamID))
 			found = err == nil
 			return nil
 		})
