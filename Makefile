@@ -3,9 +3,9 @@
 GO ?= go
 STATE_DIR ?= .qkdnet
 
-.PHONY: demo test test-race lint gen check-generated bench bench-controller build
+.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build
 
-## demo: start the paper's Fig. 4 testbed (two nodes, one emulated QKD link, two SAEs) and watch SAE_A send to SAE_B
+## demo: start the paper's rooftops A-B-C (3 controller replicas, 3 nodes, 2 emulated QKD links) and watch SAE_A send to SAE_C through B
 demo:
 	$(GO) run ./cmd/qkdnet demo --state-dir $(STATE_DIR)
 
@@ -13,8 +13,13 @@ demo:
 test:
 	$(GO) test -count=1 -timeout 15m ./...
 
+## test-race: every test under the race detector, the e2e agents and controllers too
 test-race:
-	$(GO) test -race -count=1 -timeout 20m ./...
+	QKDNET_E2E_RACE=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+## bench-relay: one hop vs two hops through a relay node, and ETSI 004 OPEN_CONNECT to first key
+bench-relay:
+	$(GO) test -run XXX -bench Relay -benchtime 1x ./e2e/
 
 build:
 	$(GO) build -o bin/ ./cmd/...

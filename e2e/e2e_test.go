@@ -35,7 +35,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	qkdnetBin = filepath.Join(dir, "qkdnet")
-	cmd := exec.Command("go", "build", "-o", qkdnetBin, "github.com/qkdnet/qkdnet/cmd/qkdnet")
+	args := []string{"build", "-o", qkdnetBin}
+	if os.Getenv("QKDNET_E2E_RACE") != "" {
+		// The agents and controllers themselves under the race detector.
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, "github.com/qkdnet/qkdnet/cmd/qkdnet")...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build qkdnet:", err)
@@ -72,6 +77,10 @@ func upWith(t testing.TB, o testbed.Options) *testbed.Network {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if os.Getenv("QKDNET_E2E_RACE") != "" {
+		// A data race kills the process, and so fails the test.
+		o.Env = append(o.Env, "GORACE=halt_on_error=1")
 	}
 	n, err := testbed.Up(ctx, o)
 	if err != nil {
