@@ -255,7 +255,40 @@ func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (
 	if want <= 0 {
 		return 0, nil
 	}
-	return a.allocate(ctx, streamID, want)
+	// Keys promised to streams of higher priority stay in the pool: an
+	// eager stream of low priority must not starve them between cycles.
+	var streams []keystore.Stream
+	for _, st := range a.store.Streams() {
+		if st.Link == link {
+			streams = append(streams, st)
+		}
+	}
+	allowed := OnDemand(streams, streamID, a.store.StreamCount, a.store.PoolCount(link), a.cfg.Period)
+	if allowed <= 0 {
+		return 0, nil
+	}
+	return a.allocate(ctx, streamID, min(want, allowed))
+}
+
+// OnDemand is how many pool keys stream id may take now, on demand: the pool
+// less what the streams of higher priority are promised for the next two
+// periods (their key rate) and do not hold yet. A pure function, like Plan.
+func OnDemand(streams []keystore.Stream, id string, held func(streamID string) int, available int, period time.Duration) int {
+	var mine uint32
+	for _, st := range streams {
+		if st.ID == id {
+			mine = st.QoS.Priority
+		}
+	}
+	reserve := 0
+	for _, st := range streams {
+		if st.ID == id || st.QoS.Priority <= mine {
+			continue
+		}
+		promised := int(math.Ceil(float64(st.QoS.KeyRate) * 2 * period.Seconds()))
+		reserve += max(0, min(promised, int(st.QoS.MaxBuffer))-held(st.ID))
+	}
+	return max(0, available-reserve)
 }
 
 // allocate reserves up to n keys in batches, synchronises each with the

@@ -456,3 +456,33 @@ func TestRunWakes(t *testing.T) {
 		t.Fatal("Run did not stop")
 	}
 }
+
+// TestOnDemandLeavesHigherPrioritiesTheirRate: a low-priority stream asking
+// for keys on demand gets only what the streams above it are not promised.
+func TestOnDemandLeavesHigherPrioritiesTheirRate(t *testing.T) {
+	streams := []keystore.Stream{stream("high", 100, 1000, 10), stream("mid", 50, 1000, 5), stream("low", 10, 1000, 1)}
+	held := map[string]int{"high": 20, "mid": 0, "low": 0}
+	get := func(id string) int { return held[id] }
+	for _, tc := range []struct {
+		id        string
+		available int
+		want      int
+	}{
+		// 0.5 s period, two periods: high is promised 100, holds 20 -> 80
+		// reserved; mid promised 50 -> 50 reserved.
+		{"low", 500, 500 - 80 - 50},
+		{"low", 100, 0},
+		{"mid", 500, 500 - 80},
+		{"high", 500, 500},
+		{"high", 3, 3},
+	} {
+		if got := OnDemand(streams, tc.id, get, tc.available, 500*time.Millisecond); got != tc.want {
+			t.Errorf("OnDemand(%s, %d available) = %d, want %d", tc.id, tc.available, got, tc.want)
+		}
+	}
+	// A higher stream that holds all it is promised reserves nothing.
+	held["high"], held["mid"] = 200, 200
+	if got := OnDemand(streams, "low", get, 10, 500*time.Millisecond); got != 10 {
+		t.Errorf("with the higher streams served, low may take %d of 10", got)
+	}
+}
