@@ -137,8 +137,11 @@ func BenchmarkKeyLife(b *testing.B) {
 	wg.Wait()
 	b.ReportMetric(float64(served.Load())/b.Elapsed().Seconds(), "keys/s")
 	b.ReportMetric(0, "ns/op")
-	for _, st := range []*Store{master, slave} {
-		b.ReportMetric(float64(st.commits.Load())/b.Elapsed().Seconds(), "commits/s")
-		b.ReportMetric(float64(st.committedOps.Load())/float64(st.commits.Load()), "ops/commit")
+	for i, st := range []*Store{master, slave} {
+		end := [...]string{"master", "slave"}[i]
+		ws := st.WriteStats()
+		b.ReportMetric(float64(ws.Commits)/b.Elapsed().Seconds(), end+"_commits/s")
+		b.ReportMetric(float64(ws.ServeGroups)/b.Elapsed().Seconds(), end+"_serve_syncs/s")
+		b.ReportMetric(float64(ws.Serves)/float64(max(ws.ServeGroups, 1)), end+"_serves/sync")
 	}
 }

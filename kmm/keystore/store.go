@@ -397,6 +397,26 @@ func (s *Store) lowerHead(stream string, seq uint64) {
 	s.tombMu.Unlock()
 }
 
+// WriteStats counts the store's group commits, for metrics.
+type WriteStats struct {
+	// Commits are bbolt transactions, Ops the writes they held, CommitTime
+	// the time spent running and committing them.
+	Commits, Ops uint64
+	CommitTime   time.Duration
+	// ServeGroups are serve log writes (each one fdatasync), Serves the
+	// requests they held, ServeTime the time spent on them.
+	ServeGroups, Serves uint64
+	ServeTime           time.Duration
+}
+
+// WriteStats returns the counts since Open.
+func (s *Store) WriteStats() WriteStats {
+	return WriteStats{
+		Commits: s.commits.Load(), Ops: s.committedOps.Load(), CommitTime: time.Duration(s.commitNanos.Load()),
+		ServeGroups: s.serveGroups.Load(), Serves: s.servedOps.Load(), ServeTime: time.Duration(s.serveNanos.Load()),
+	}
+}
+
 // Changed returns a channel that is closed the next time pool or stream sizes
 // change; callers waiting for room or for keys select on it.
 func (s *Store) Changed() <-chan struct{} {
