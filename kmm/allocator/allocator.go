@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"sort"
 	"sync"
@@ -75,8 +76,40 @@ type Allocator struct {
 	logger *slog.Logger
 	wake   chan struct{}
 
-	mu    sync.Mutex // guards links
+	mu    sync.Mutex // guards links and recent
 	links map[string]*sync.Mutex
+	// windows count, per link, the keys each stream got in the current
+	// period (by cycle or on demand): the rate a stream is promised is per
+	// period, however often cycles run (a key arriving wakes one).
+	windows map[string]*window
+}
+
+type window struct {
+	start   time.Time
+	granted map[string]int
+}
+
+// granted returns the link's current window, starting a new one when a
+// period has passed. The caller holds a.mu.
+func (a *Allocator) windowOf(link string) *window {
+	if a.windows == nil {
+		a.windows = map[string]*window{}
+	}
+	w := a.windows[link]
+	if w == nil || time.Since(w.start) >= a.cfg.Period {
+		w = &window{start: time.Now(), granted: map[string]int{}}
+		a.windows[link] = w
+	}
+	return w
+}
+
+func (a *Allocator) note(link, stream string, n int) {
+	if n <= 0 {
+		return
+	}
+	a.mu.Lock()
+	a.windowOf(link).granted[stream] += n
+	a.mu.Unlock()
 }
 
 // New returns an allocator for the links for which master reports true.
@@ -150,10 +183,15 @@ func (a *Allocator) cycleLink(ctx context.Context, link string, streams []keysto
 	if err := a.resendPending(ctx, link); err != nil {
 		return err
 	}
-	plan := Plan(streams, a.store.StreamCount, a.store.PoolCount(link), a.cfg.Period)
+	a.mu.Lock()
+	granted := maps.Clone(a.windowOf(link).granted)
+	a.mu.Unlock()
+	plan := Plan(streams, a.store.StreamCount, func(id string) int { return granted[id] }, a.store.PoolCount(link), a.cfg.Period)
 	var errs []error
 	for _, p := range plan {
-		if _, err := a.allocate(ctx, p.StreamID, p.Keys); err != nil {
+		n, err := a.allocate(ctx, p.StreamID, p.Keys)
+		a.note(link, p.StreamID, n)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("stream %s: %w", p.StreamID, err))
 		}
 	}
@@ -168,10 +206,11 @@ type Grant struct {
 
 // Plan divides the available pool keys among streams by QoS. First, in order
 // of priority, every stream gets what its key rate promises for one period
-// (at least one key), up to its free buffer; then what is left fills free
-// buffers, by priority, shared evenly among streams of equal priority. It is a pure function so the policy is tested
-// on its own.
-func Plan(streams []keystore.Stream, held func(streamID string) int, available int, period time.Duration) []Grant {
+// (at least one key) less what it was granted in the period already (nil:
+// nothing), up to its free buffer; then what is left fills free buffers, by
+// priority, shared evenly among streams of equal priority. It is a pure
+// function so the policy is tested on its own.
+func Plan(streams []keystore.Stream, held, granted func(streamID string) int, available int, period time.Duration) []Grant {
 	type want struct {
 		id        string
 		free, got int
@@ -187,6 +226,9 @@ func Plan(streams []keystore.Stream, held func(streamID string) int, available i
 		promised := int(math.Ceil(float64(st.QoS.KeyRate) * period.Seconds()))
 		if promised < 1 {
 			promised = 1
+		}
+		if granted != nil {
+			promised = max(0, promised-granted(st.ID))
 		}
 		ws = append(ws, &want{id: st.ID, free: free, promised: promised, priority: st.QoS.Priority})
 	}
@@ -267,12 +309,16 @@ func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (
 	if allowed <= 0 {
 		return 0, nil
 	}
-	return a.allocate(ctx, streamID, min(want, allowed))
+	n, err := a.allocate(ctx, streamID, min(want, allowed))
+	a.note(link, streamID, n)
+	return n, err
 }
 
 // OnDemand is how many pool keys stream id may take now, on demand: the pool
-// less what the streams of higher priority are promised for the next two
-// periods (their key rate) and do not hold yet. A pure function, like Plan.
+// less what the other streams are promised and do not hold yet. Every
+// stream's promised rate (its minimum) is guaranteed: streams of higher
+// priority keep two periods of it, the others one. A pure function, like
+// Plan.
 func OnDemand(streams []keystore.Stream, id string, held func(streamID string) int, available int, period time.Duration) int {
 	var mine uint32
 	for _, st := range streams {
@@ -282,10 +328,14 @@ func OnDemand(streams []keystore.Stream, id string, held func(streamID string) i
 	}
 	reserve := 0
 	for _, st := range streams {
-		if st.ID == id || st.QoS.Priority <= mine {
+		if st.ID == id {
 			continue
 		}
-		promised := int(math.Ceil(float64(st.QoS.KeyRate) * 2 * period.Seconds()))
+		periods := 1.0
+		if st.QoS.Priority > mine {
+			periods = 2
+		}
+		promised := max(1, int(math.Ceil(float64(st.QoS.KeyRate)*periods*period.Seconds())))
 		reserve += max(0, min(promised, int(st.QoS.MaxBuffer))-held(st.ID))
 	}
 	return max(0, available-reserve)

@@ -74,7 +74,7 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.desc, func(t *testing.T) {
-			got := Plan(tc.streams, heldFrom(tc.held), tc.available, tc.period)
+			got := Plan(tc.streams, heldFrom(tc.held), nil, tc.available, tc.period)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Plan = %v, want %v", got, tc.want)
 			}
@@ -99,7 +99,7 @@ func TestPlanProperties(t *testing.T) {
 		}
 		available := r.IntN(120)
 		period := time.Duration(r.IntN(1000)+1) * time.Millisecond
-		got := Plan(streams, heldFrom(held), available, period)
+		got := Plan(streams, heldFrom(held), nil, available, period)
 
 		byID := map[string]keystore.Stream{}
 		for _, st := range streams {
@@ -457,9 +457,10 @@ func TestRunWakes(t *testing.T) {
 	}
 }
 
-// TestOnDemandLeavesHigherPrioritiesTheirRate: a low-priority stream asking
-// for keys on demand gets only what the streams above it are not promised.
-func TestOnDemandLeavesHigherPrioritiesTheirRate(t *testing.T) {
+// TestOnDemandLeavesOthersTheirRate: a stream asking for keys on demand gets
+// only what the other streams are not promised: two periods of the rate of
+// those above it, one period of the others'.
+func TestOnDemandLeavesOthersTheirRate(t *testing.T) {
 	streams := []keystore.Stream{stream("high", 100, 1000, 10), stream("mid", 50, 1000, 5), stream("low", 10, 1000, 1)}
 	held := map[string]int{"high": 20, "mid": 0, "low": 0}
 	get := func(id string) int { return held[id] }
@@ -468,21 +469,40 @@ func TestOnDemandLeavesHigherPrioritiesTheirRate(t *testing.T) {
 		available int
 		want      int
 	}{
-		// 0.5 s period, two periods: high is promised 100, holds 20 -> 80
-		// reserved; mid promised 50 -> 50 reserved.
-		{"low", 500, 500 - 80 - 50},
-		{"low", 100, 0},
-		{"mid", 500, 500 - 80},
-		{"high", 500, 500},
-		{"high", 3, 3},
+		// 0.5 s period. high: 100 keys/s, holds 20; mid: 50/s; low: 10/s.
+		{"low", 500, 500 - (100 - 20) - 50}, // two periods of both above
+		{"low", 100, 0},                     // all promised to the others
+		{"mid", 500, 500 - (100 - 20) - 5},  // two of high, one of low
+		{"high", 500, 500 - 25 - 5},         // one period of each below
+		{"high", 3, 0},                      // the lower streams' minimum first
+		{"high", 40, 40 - 25 - 5},
 	} {
 		if got := OnDemand(streams, tc.id, get, tc.available, 500*time.Millisecond); got != tc.want {
 			t.Errorf("OnDemand(%s, %d available) = %d, want %d", tc.id, tc.available, got, tc.want)
 		}
 	}
-	// A higher stream that holds all it is promised reserves nothing.
+	// Streams that hold what they are promised reserve nothing.
 	held["high"], held["mid"] = 200, 200
 	if got := OnDemand(streams, "low", get, 10, 500*time.Millisecond); got != 10 {
-		t.Errorf("with the higher streams served, low may take %d of 10", got)
+		t.Errorf("with the others served, low may take %d of 10", got)
+	}
+}
+
+// TestPlanCountsTheWholePeriod: a stream granted its promise earlier in the
+// period gets no more promised keys in it, so a lower-priority stream gets
+// its own even when keys arrive one at a time (each arrival wakes a cycle).
+func TestPlanCountsTheWholePeriod(t *testing.T) {
+	streams := []keystore.Stream{stream("high", 10, 100, 10), stream("low", 4, 100, 1)}
+	granted := map[string]int{}
+	got := map[string]int{}
+	for range 10 { // ten keys arrive in one 500 ms period
+		for _, g := range Plan(streams, heldFrom(nil), func(id string) int { return granted[id] }, 1, 500*time.Millisecond) {
+			granted[g.StreamID] += g.Keys
+			got[g.StreamID] += g.Keys
+		}
+	}
+	// high is promised 5, low 2, the 3 left go by priority.
+	if got["high"] != 8 || got["low"] != 2 {
+		t.Errorf("one key at a time over a period: %v; want high 8, low 2", got)
 	}
 }
