@@ -192,7 +192,7 @@ func TestPriorityUnderContention(t *testing.T) {
 	top := &testbed.Topology{
 		Nodes: []testbed.TopoNode{{ID: "A", KMEID: "KME_A"}, {ID: "B", KMEID: "KME_B"}},
 		Links: []testbed.TopoLink{{ID: "AB", A: "A", B: "B", Master: "A", Kind: "DV-QKD", Driver: "emulator", KeyRate: 20, KeyBytes: 32}},
-		SAEs: []testbed.TopoSAE{{ID: "SAE_HA", Node: "A"}, {ID: "SAE_HB", Node: "B"}, {ID: "SAE_LA", Node: "A"}, {ID: "SAE_LB", Node: "B"}},
+		SAEs:  []testbed.TopoSAE{{ID: "SAE_HA", Node: "A"}, {ID: "SAE_HB", Node: "B"}, {ID: "SAE_LA", Node: "A"}, {ID: "SAE_LB", Node: "B"}},
 	}
 	n := upWith(t, testbed.Options{Topology: top})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
