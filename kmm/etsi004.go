@@ -108,14 +108,24 @@ func saeOfURI(field, uri string) (string, error) {
 	return id, nil
 }
 
-// OpenConnect implements ETSI 004 OPEN_CONNECT.
-func (k *KMM) OpenConnect(ctx context.Context, req *qkdv1.OpenConnectRequest) (*qkdv1.OpenConnectResponse, error) {
+// caller004 is the prologue of every ETSI 004 call: the calling SAE, which
+// must be attached here, on a KMM that has a controller to ask.
+func (k *KMM) caller004(ctx context.Context) (string, error) {
 	caller, err := k.caller(ctx)
 	if err != nil {
-		return nil, k.toStatus(ctx, err)
+		return "", k.toStatus(ctx, err)
 	}
 	if k.streams == nil {
-		return nil, status.Error(codes.Unimplemented, "ETSI 004 needs a controller")
+		return "", status.Error(codes.Unimplemented, "ETSI 004 needs a controller")
+	}
+	return caller, nil
+}
+
+// OpenConnect implements ETSI 004 OPEN_CONNECT.
+func (k *KMM) OpenConnect(ctx context.Context, req *qkdv1.OpenConnectRequest) (*qkdv1.OpenConnectResponse, error) {
+	caller, err := k.caller004(ctx)
+	if err != nil {
+		return nil, err
 	}
 	src, err := saeOfURI("source", req.GetSource())
 	if err != nil {
@@ -249,12 +259,9 @@ func peerOf(a AppView, sae string) string {
 
 // GetStreamKey implements ETSI 004 GET_KEY.
 func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) (*qkdv1.GetStreamKeyResponse, error) {
-	caller, err := k.caller(ctx)
+	caller, err := k.caller004(ctx)
 	if err != nil {
-		return nil, k.toStatus(ctx, err)
-	}
-	if k.streams == nil {
-		return nil, status.Error(codes.Unimplemented, "ETSI 004 needs a controller")
+		return nil, err
 	}
 	id := req.GetKeyStreamId()
 	app, ok, _ := k.streams.App(id)
@@ -359,12 +366,9 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 
 // CloseStream implements ETSI 004 CLOSE.
 func (k *KMM) CloseStream(ctx context.Context, req *qkdv1.CloseStreamRequest) (*qkdv1.CloseStreamResponse, error) {
-	caller, err := k.caller(ctx)
+	caller, err := k.caller004(ctx)
 	if err != nil {
-		return nil, k.toStatus(ctx, err)
-	}
-	if k.streams == nil {
-		return nil, status.Error(codes.Unimplemented, "ETSI 004 needs a controller")
+		return nil, err
 	}
 	id := req.GetKeyStreamId()
 	app, ok, _ := k.streams.App(id)
