@@ -307,6 +307,7 @@ func (s *southbound) streamsOf(v *view) ([]keystore.Stream, []kmm.RelayPlan, err
 		id := kmm.StreamID(a.master, a.slave)
 		qos := s.kmm.DefaultQoS()
 		qos.Priority = a.priority
+		qos.TTL = a.ttl
 		var idx []uint32
 		for i := range a.hopLinks {
 			idx = append(idx, i)

@@ -42,6 +42,7 @@ type appView struct {
 	priority    uint32
 	minBitsPerS uint32
 	chunkSize   uint32
+	ttl         uint32
 	connected   []string
 	// hopLinks maps the path index of each hop at this node to its link.
 	hopLinks map[uint32]string
@@ -105,7 +106,7 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 			return nil, fmt.Errorf("qkd_app %s: server_app_id or client_app_id is not an SAE URI", id)
 		}
 		a := appView{id: id, master: master, slave: slave, priority: qa.GetAppPriority(), minBitsPerS: qa.GetAppQos().GetMinBandwidth(),
-			hops: len(qkd015.Hops(qa)), chunkSize: qa.GetKeyChunkSize(), connected: slices.Clone(qa.ConnectedSae)}
+			hops: len(qkd015.Hops(qa)), chunkSize: qa.GetKeyChunkSize(), ttl: qa.GetAppQos().GetTtl(), connected: slices.Clone(qa.ConnectedSae)}
 		a.hopLinks = map[uint32]string{}
 		for lid, h := range qkd015.Hops(qa) {
 			a.link = byLinkID[lid]

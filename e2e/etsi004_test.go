@@ -234,3 +234,52 @@ func TestPriorityUnderContention(t *testing.T) {
 		t.Errorf("priority 10 got %d chunks, priority 1 got %d; want the high one ahead and the low one not starved", got[1], got[0])
 	}
 }
+
+// TestStreamTTL opens an ETSI 004 stream whose keys live one second: a chunk
+// allocated at the start is gone after the TTL at both ends, and GET_KEY
+// without an index moves on to key that is still alive.
+func TestStreamTTL(t *testing.T) {
+	top := &testbed.Topology{
+		Nodes: []testbed.TopoNode{{ID: "A", KMEID: "KME_A"}, {ID: "B", KMEID: "KME_B"}},
+		Links: []testbed.TopoLink{{ID: "AB", A: "A", B: "B", Master: "A", Kind: "DV-QKD", Driver: "emulator", KeyRate: 50, KeyBytes: 32}},
+		SAEs:  []testbed.TopoSAE{{ID: "SAE_A", Node: "A"}, {ID: "SAE_B", Node: "B"}},
+	}
+	n := upWith(t, testbed.Options{Topology: top})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b := ksClient(t, n, "SAE_A"), ksClient(t, n, "SAE_B")
+	open, err := a.OpenConnect(ctx, &qkdv1.OpenConnectRequest{Source: uri("SAE_A"), Destination: uri("SAE_B"), Qos: &qkdv1.KeyStreamQoS{KeyChunkSize: 32, Ttl: 1, Timeout: 2000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := open.GetKeyStreamId()
+	if r, err := b.OpenConnect(ctx, &qkdv1.OpenConnectRequest{Source: uri("SAE_B"), Destination: uri("SAE_A"), KeyStreamId: id, Qos: &qkdv1.KeyStreamQoS{Timeout: 2000}}); err != nil || r.GetStatus() != 0 {
+		t.Fatalf("join: %v %v", r, err)
+	}
+	first, err := a.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, MetadataSize: 256})
+	if err != nil || first.GetStatus() != 0 {
+		t.Fatalf("first GET_KEY: %v %v", first, err)
+	}
+	time.Sleep(2500 * time.Millisecond) // past the TTL and an expiry pass
+	// Chunk 1 was allocated with chunk 0 (a new stream gets keys at once):
+	// its TTL is over at B too.
+	if r, err := b.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, Index: proto.Uint32(1), MetadataSize: 256}); err != nil || r.GetStatus() == 0 {
+		t.Errorf("chunk 1 after its TTL at B = %v, %v; want it gone", r, err)
+	}
+	next, err := a.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, MetadataSize: 256})
+	if err != nil || next.GetStatus() != 0 || next.GetIndex() <= 1 {
+		t.Fatalf("GET_KEY after the TTL = %v, %v; want a later chunk", next, err)
+	}
+	// Fresh key is the same at both ends. (Each end destroys a key when its
+	// own TTL ends, so a chunk at the edge of the TTL may be gone at one end
+	// a moment before the other: compare one allocated from now on.)
+	idx := proto.Uint32(next.GetIndex() + 20)
+	ra, err := a.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, Index: idx, MetadataSize: 256})
+	if err != nil || ra.GetStatus() != 0 {
+		t.Fatalf("chunk %d at A = %v, %v", *idx, ra, err)
+	}
+	rb, err := b.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, Index: idx, MetadataSize: 256})
+	if err != nil || rb.GetStatus() != 0 || !bytes.Equal(ra.GetKeyBuffer(), rb.GetKeyBuffer()) {
+		t.Errorf("chunk %d at B = %v, %v; want A's bytes", *idx, rb, err)
+	}
+}

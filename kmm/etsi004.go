@@ -341,6 +341,17 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 		if !errors.Is(err, keystore.ErrNotEnoughKeys) {
 			return nil, k.toStatus(ctx, err)
 		}
+		// Without an index, skip chunks whose keys are gone (their TTL or
+		// lifetime ended) to the first one the stream still holds.
+		if req.Index == nil {
+			if next, err := k.store.ReadSeqs(st.ID, seq, 1); err == nil && len(next) == 1 {
+				clear(next[0].Key)
+				if first := (next[0].Seq + uint64(per) - 1) / uint64(per); first > uint64(index) && first < 1<<32 {
+					index, seq = uint32(first), first*uint64(per)
+					continue
+				}
+			}
+		}
 		// Ask for the keys up to this chunk, then wait for them until the
 		// caller's timeout.
 		if have := k.store.StreamCount(st.ID); have < per && !relayed {

@@ -159,9 +159,11 @@ type KMM struct {
 	streams KeyStreams
 	c004    conns004
 	relay   relays
-	alloc   *allocator.Allocator
-	stats   *stats.Stats
-	logger  *slog.Logger
+	// expireWake tells the destruction loop a stream with a TTL appeared.
+	expireWake chan struct{}
+	alloc      *allocator.Allocator
+	stats      *stats.Stats
+	logger     *slog.Logger
 
 	mu        sync.Mutex      // guards announced
 	announced map[string]bool // streams the link's Master KMM has been told of
@@ -174,7 +176,7 @@ func New(set Settings, store *keystore.Store, topo Topology, peers Peers, st *st
 		return nil, err
 	}
 	k := &KMM{set: set, store: store, topo: topo, peers: peers, stats: st, logger: logger, announced: map[string]bool{},
-		relay: relays{wake: make(chan struct{}, 1)}}
+		relay: relays{wake: make(chan struct{}, 1)}, expireWake: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(k)
 	}
@@ -209,9 +211,14 @@ func (k *KMM) Run(ctx context.Context) error {
 
 func (k *KMM) expireLoop(ctx context.Context) {
 	every := min(k.set.KeyLifetime/4, 10*time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
 	for {
+		// A stream with a short TTL is checked often enough to honour it.
+		wait := every
+		for _, st := range k.store.Streams() {
+			if st.QoS.TTL > 0 {
+				wait = max(100*time.Millisecond, min(wait, time.Duration(st.QoS.TTL)*time.Second/4))
+			}
+		}
 		n, err := k.store.Expire(k.set.KeyLifetime)
 		switch {
 		case err != nil && !errors.Is(err, keystore.ErrClosed):
@@ -222,7 +229,8 @@ func (k *KMM) expireLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
+		case <-k.expireWake:
 		}
 	}
 }
@@ -344,6 +352,12 @@ func (k *KMM) EnsureStream(st keystore.Stream) error {
 		return err
 	}
 	k.alloc.Wake()
+	if st.QoS.TTL > 0 {
+		select {
+		case k.expireWake <- struct{}{}:
+		default:
+		}
+	}
 	// A new stream on a link this KMM allocates gets a few keys at once, so
 	// that the first request of either SAE (ETSI 004 asks for the first key
 	// at both ends right after OPEN_CONNECT) finds them, and a relay node

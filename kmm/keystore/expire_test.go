@@ -138,3 +138,33 @@ func TestExpireForgetsApplyAnswers(t *testing.T) {
 		t.Errorf("Apply after expiry = %v, want %v", unk, keyIDs(keys))
 	}
 }
+
+// TestExpireStreamTTL: a stream whose QoS has a TTL loses its keys after the
+// TTL, at both ends, while the pool and other streams keep the lifetime.
+func TestExpireStreamTTL(t *testing.T) {
+	clk := newTestClock()
+	opts := Options{Now: clk.Now}
+	p := newPair(t, "L", "S", opts, opts)
+	p.supply(t, mkKeys("k", 0, 6))
+	p.allocate(t, 4)
+	for _, s := range []*Store{p.master, p.slave} {
+		st, _ := s.Stream("S")
+		st.QoS.TTL = 30
+		if _, err := s.PutStream(st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Advance(20 * time.Second)
+	for _, s := range []*Store{p.master, p.slave} {
+		if n, err := s.Expire(time.Hour); err != nil || n != 0 {
+			t.Fatalf("before the TTL: destroyed %d, %v", n, err)
+		}
+	}
+	clk.Advance(20 * time.Second)
+	for _, s := range []*Store{p.master, p.slave} {
+		n, err := s.Expire(time.Hour)
+		if err != nil || n != 4 || s.StreamCount("S") != 0 || s.PoolCount("L") != 2 {
+			t.Fatalf("after the TTL: destroyed %d (%v); stream %d, pool %d; want 4, 0, 2", n, err, s.StreamCount("S"), s.PoolCount("L"))
+		}
+	}
+}

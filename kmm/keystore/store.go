@@ -60,6 +60,10 @@ type QoS struct {
 	KeyRate   uint32 `json:"key_rate"`
 	MaxBuffer uint32 `json:"max_buffer"`
 	Priority  uint32 `json:"priority"`
+	// TTL, if set, is how long (seconds) a key stays in the stream before
+	// it is destroyed, when that is shorter than the store's key lifetime
+	// (ETSI 015 app_qos ttl, ETSI 004 TTL).
+	TTL uint32 `json:"ttl,omitempty"`
 }
 
 // Stream is a key delivery service (KDS): keys from MasterSAE to SlaveSAE over
@@ -1422,7 +1426,7 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		// their old place), so its scan stops at the first live key. A
 		// stream is not: a refused key may be allocated after younger ones,
 		// so every stream key is checked; streams are bounded by MaxBuffer.
-		expire := func(b *bolt.Bucket, ordered bool, gone func(uint64) bool, onKey func(keyID string)) error {
+		expire := func(b *bolt.Bucket, cutoff int64, ordered bool, gone func(uint64) bool, onKey func(keyID string)) error {
 			var dead [][]byte
 			err := b.ForEach(func(k, v []byte) error {
 				if len(v) < 8 {
@@ -1459,7 +1463,7 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		pools := tx.Bucket(bucketPool)
 		if err := pools.ForEachBucket(func(link []byte) error {
 			l := string(link)
-			return expire(pools.Bucket(link), true, nil, func(string) {
+			return expire(pools.Bucket(link), cutoff, true, nil, func(string) {
 				poolGone[l]++
 				deltas[linkCounter(l, "expired")]++
 			})
@@ -1471,7 +1475,15 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 		defer s.tombMu.RUnlock()
 		if err := keys.ForEachBucket(func(stream []byte) error {
 			st := string(stream)
-			return expire(keys.Bucket(stream), false, s.goneFunc(st), func(string) {
+			// A stream with a TTL shorter than the lifetime expires sooner.
+			c := cutoff
+			if v := tx.Bucket(bucketStreams).Get(stream); v != nil {
+				var rec Stream
+				if json.Unmarshal(v, &rec) == nil && rec.QoS.TTL > 0 {
+					c = max(c, s.now().Add(-time.Duration(rec.QoS.TTL)*time.Second).UnixNano())
+				}
+			}
+			return expire(keys.Bucket(stream), c, false, s.goneFunc(st), func(string) {
 				streamGone[st]++
 				deltas[streamCounter(st, "expired")]++
 			})

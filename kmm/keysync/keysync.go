@@ -122,7 +122,7 @@ func toStatus(err error) error {
 func FromProto(st *qkdv1.Stream) keystore.Stream {
 	return keystore.Stream{
 		ID: st.GetStreamId(), MasterSAE: st.GetMasterSaeId(), SlaveSAE: st.GetSlaveSaeId(), Link: st.GetLinkId(),
-		QoS: keystore.QoS{KeyRate: st.GetQos().GetKeyRate(), MaxBuffer: st.GetQos().GetMaxBuffer(), Priority: st.GetQos().GetPriority()},
+		QoS: keystore.QoS{KeyRate: st.GetQos().GetKeyRate(), MaxBuffer: st.GetQos().GetMaxBuffer(), Priority: st.GetQos().GetPriority(), TTL: st.GetQos().GetTtl()},
 	}
 }
 
@@ -130,7 +130,7 @@ func FromProto(st *qkdv1.Stream) keystore.Stream {
 func ToProto(st keystore.Stream) *qkdv1.Stream {
 	return &qkdv1.Stream{
 		StreamId: st.ID, MasterSaeId: st.MasterSAE, SlaveSaeId: st.SlaveSAE, LinkId: st.Link,
-		Qos: &qkdv1.QoS{KeyRate: st.QoS.KeyRate, MaxBuffer: st.QoS.MaxBuffer, Priority: st.QoS.Priority},
+		Qos: &qkdv1.QoS{KeyRate: st.QoS.KeyRate, MaxBuffer: st.QoS.MaxBuffer, Priority: st.QoS.Priority, Ttl: st.QoS.TTL},
 	}
 }
 

@@ -216,7 +216,9 @@ type QoS struct {
 	// max_buffer is the most allocated, not yet delivered keys the stream may hold.
 	MaxBuffer uint32 `protobuf:"varint,2,opt,name=max_buffer,json=maxBuffer,proto3" json:"max_buffer,omitempty"`
 	// priority orders streams when keys are short; higher goes first.
-	Priority      uint32 `protobuf:"varint,3,opt,name=priority,proto3" json:"priority,omitempty"`
+	Priority uint32 `protobuf:"varint,3,opt,name=priority,proto3" json:"priority,omitempty"`
+	// ttl, if set, is how long (seconds) a key stays in the stream.
+	Ttl           uint32 `protobuf:"varint,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -268,6 +270,13 @@ func (x *QoS) GetMaxBuffer() uint32 {
 func (x *QoS) GetPriority() uint32 {
 	if x != nil {
 		return x.Priority
+	}
+	return 0
+}
+
+func (x *QoS) GetTtl() uint32 {
+	if x != nil {
+		return x.Ttl
 	}
 	return 0
 }
@@ -672,12 +681,13 @@ const file_qkd_v1_keysync_proto_rawDesc = "" +
 	"\rhop_stream_id\x18\x02 \x01(\tR\vhopStreamId\x12&\n" +
 	"\x04keys\x18\x03 \x03(\v2\x12.qkd.v1.RelayedKeyR\x04keys\"#\n" +
 	"\rRelayResponse\x12\x12\n" +
-	"\x04held\x18\x01 \x03(\x04R\x04held\"[\n" +
+	"\x04held\x18\x01 \x03(\x04R\x04held\"m\n" +
 	"\x03QoS\x12\x19\n" +
 	"\bkey_rate\x18\x01 \x01(\rR\akeyRate\x12\x1d\n" +
 	"\n" +
 	"max_buffer\x18\x02 \x01(\rR\tmaxBuffer\x12\x1a\n" +
-	"\bpriority\x18\x03 \x01(\rR\bpriority\"\xa3\x01\n" +
+	"\bpriority\x18\x03 \x01(\rR\bpriority\x12\x10\n" +
+	"\x03ttl\x18\x04 \x01(\rR\x03ttl\"\xa3\x01\n" +
 	"\x06Stream\x12\x1b\n" +
 	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12\"\n" +
 	"\rmaster_sae_id\x18\x02 \x01(\tR\vmasterSaeId\x12 \n" +
