@@ -86,9 +86,9 @@ func (s *southbound) openApp(ctx context.Context, req kmm.AppRequest) (string, e
 				continue
 			}
 			switch ei.GetReason() {
-			case "NO_PATH":
+			case ctlclient.ReasonNoPath:
 				return "", fmt.Errorf("%w: %s", kmm.ErrNoPath, st.Message())
-			case "QOS_NOT_MET":
+			case ctlclient.ReasonQoSNotMet:
 				avail, _ := strconv.ParseUint(ei.GetMetadata()["available_bps"], 10, 64)
 				return "", &kmm.QoSError{AvailableBPS: avail, Msg: st.Message()}
 			}

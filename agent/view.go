@@ -38,7 +38,6 @@ type appView struct {
 	master      string // master SAE
 	slave       string // slave SAE
 	link        string // the hop at this node (single-hop streams)
-	hops        int
 	priority    uint32
 	minBitsPerS uint32
 	chunkSize   uint32
@@ -106,7 +105,7 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 			return nil, fmt.Errorf("qkd_app %s: server_app_id or client_app_id is not an SAE URI", id)
 		}
 		a := appView{id: id, master: master, slave: slave, priority: qa.GetAppPriority(), minBitsPerS: qa.GetAppQos().GetMinBandwidth(),
-			hops: len(qkd015.Hops(qa)), chunkSize: qa.GetKeyChunkSize(), ttl: qa.GetAppQos().GetTtl(), connected: slices.Clone(qa.ConnectedSae)}
+			chunkSize: qa.GetKeyChunkSize(), ttl: qa.GetAppQos().GetTtl(), connected: slices.Clone(qa.ConnectedSae)}
 		a.hopLinks = map[uint32]string{}
 		for lid, h := range qkd015.Hops(qa) {
 			a.link = byLinkID[lid]

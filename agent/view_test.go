@@ -59,7 +59,7 @@ func TestViewOfPushedConfiguration(t *testing.T) {
 		t.Errorf("saes = %v", v.saes)
 	}
 	a, ok := v.apps[appKey{"SAE_B", "SAE_A"}]
-	if !ok || a.link != "FSO_AB" || a.hops != 1 || a.priority != 3 || a.minBitsPerS != 2560 || a.id != qkd015.AppID("SAE_B", "SAE_A") {
+	if !ok || a.link != "FSO_AB" || len(a.hopLinks) != 1 || a.hopLinks[0] != "FSO_AB" || a.priority != 3 || a.minBitsPerS != 2560 || a.id != qkd015.AppID("SAE_B", "SAE_A") {
 		t.Errorf("app = %+v (ok %v)", a, ok)
 	}
 

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/controller/state"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
@@ -189,9 +190,6 @@ func (c *Controller) leader() (id, addr string) {
 	return id, addr
 }
 
-// ReasonNotLeader is the ErrorInfo reason of a write sent to a follower.
-const ReasonNotLeader = "NOT_LEADER"
-
 func (c *Controller) notLeader() error {
 	id, addr := c.leader()
 	msg := fmt.Sprintf("controller %s is not the leader and knows of none yet", c.cfg.ID)
@@ -200,7 +198,7 @@ func (c *Controller) notLeader() error {
 	}
 	st := status.New(codes.Unavailable, msg)
 	if d, err := st.WithDetails(&errdetails.ErrorInfo{
-		Reason:   ReasonNotLeader,
+		Reason:   ctlclient.ReasonNotLeader,
 		Domain:   "qkdnet",
 		Metadata: map[string]string{"leader_id": id, "leader_grpc": addr},
 	}); err == nil {

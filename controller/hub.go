@@ -14,11 +14,11 @@ import (
 // hub holds the agents' sessions with this replica (only while it leads)
 // and what they last reported.
 type hub struct {
-	mu       sync.Mutex
-	open_    bool
-	sessions map[string]*session // by node
-	live     map[string]*nodeLive
-	attached chan struct{} // closed and replaced when a session attaches
+	mu        sync.Mutex
+	accepting bool
+	sessions  map[string]*session // by node
+	live      map[string]*nodeLive
+	attached  chan struct{} // closed and replaced when a session attaches
 }
 
 // session is one agent's Session stream.
@@ -69,7 +69,7 @@ func newHub() *hub {
 // open lets sessions attach (this replica now leads).
 func (h *hub) open() {
 	h.mu.Lock()
-	h.open_ = true
+	h.accepting = true
 	h.mu.Unlock()
 }
 
@@ -77,7 +77,7 @@ func (h *hub) open() {
 func (h *hub) attach(node string) (*session, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.open_ {
+	if !h.accepting {
 		return nil, false
 	}
 	if old := h.sessions[node]; old != nil {
@@ -107,7 +107,7 @@ func (h *hub) detach(s *session) {
 func (h *hub) closeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.open_ = false
+	h.accepting = false
 	for n, s := range h.sessions {
 		s.close()
 		delete(h.sessions, n)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/controller/state"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/qkd015"
@@ -60,7 +61,7 @@ func TestChoosePath(t *testing.T) {
 		{"unmeasured links: fewest hops, ties by name", nil, 0, []string{"AB", "BC"}, "", ""},
 		{"more key left through D", live, 0, []string{"DA", "CD"}, "", ""},
 		{"only D can carry 5 kbit/s", live, 5000, []string{"DA", "CD"}, "", ""},
-		{"nothing carries 5 Mbit/s", live, 5_000_000, nil, ReasonQoSNotMet, "1000000"},
+		{"nothing carries 5 Mbit/s", live, 5_000_000, nil, ctlclient.ReasonQoSNotMet, "1000000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := choosePath(s, tc.live, "A", "C", tc.min)
@@ -97,7 +98,7 @@ func TestChoosePath(t *testing.T) {
 	if got, err := choosePath(s2, slow, "A", "C", 500); err != nil || !slices.Equal(got, []string{"DA", "CD"}) {
 		t.Errorf("with AB 600 of 1000 promised: %v, %v; want through D", got, err)
 	}
-	if _, err := choosePath(s2, nil, "A", "E", 0); status.Convert(err).Details()[0].(*errdetails.ErrorInfo).GetReason() != ReasonNoPath {
+	if _, err := choosePath(s2, nil, "A", "E", 0); status.Convert(err).Details()[0].(*errdetails.ErrorInfo).GetReason() != ctlclient.ReasonNoPath {
 		t.Errorf("to an unlinked node: %v", err)
 	}
 }

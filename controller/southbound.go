@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/controller/state"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/pki"
@@ -225,12 +226,6 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 	return &qkdv1.OpenApplicationResponse{Application: c.appProto(*info, nil), ConfigVersion: r.Index, Created: created}, nil
 }
 
-// The ErrorInfo reasons of a refused OpenApplication.
-const (
-	ReasonNoPath    = "NO_PATH"
-	ReasonQoSNotMet = "QOS_NOT_MET"
-)
-
 // linkLoad is what a link can still carry: its secret key rate as the
 // Master node last measured it, what the applications on it are promised,
 // and its pool level.
@@ -284,7 +279,7 @@ func choosePath(st *state.State, live map[string]nodeLive, from, to string, minB
 		return p, nil
 	}
 	if st.ShortestPath(from, to, state.Hops) == nil {
-		return nil, refuse(ReasonNoPath, nil, "no path of enabled QKD links joins node %s to node %s", from, to)
+		return nil, refuse(ctlclient.ReasonNoPath, nil, "no path of enabled QKD links joins node %s to node %s", from, to)
 	}
 	// There is a path, but it cannot carry minBPS: say what the best one can.
 	best := uint64(0)
@@ -296,7 +291,7 @@ func choosePath(st *state.State, live map[string]nodeLive, from, to string, minB
 			}
 		}
 	}
-	return nil, refuse(ReasonQoSNotMet, map[string]string{"available_bps": strconv.FormatUint(best, 10)},
+	return nil, refuse(ctlclient.ReasonQoSNotMet, map[string]string{"available_bps": strconv.FormatUint(best, 10)},
 		"no path from node %s to node %s can carry min_bandwidth %d bit/s; the best can carry %d", from, to, minBPS, best)
 }
 

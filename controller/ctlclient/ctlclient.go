@@ -22,8 +22,18 @@ import (
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
 
-// ReasonNotLeader is the ErrorInfo reason of a call sent to a follower.
-const ReasonNotLeader = "NOT_LEADER"
+// The ErrorInfo reasons (domain "qkdnet") the controller answers with; the
+// controller and its clients share them from here.
+const (
+	// ReasonNotLeader: the call went to a follower; metadata leader_id and
+	// leader_grpc name the leader when one is known.
+	ReasonNotLeader = "NOT_LEADER"
+	// ReasonNoPath: no path of enabled links joins the SAEs' nodes.
+	ReasonNoPath = "NO_PATH"
+	// ReasonQoSNotMet: no path can carry the asked minimum rate; metadata
+	// available_bps says what the best one can.
+	ReasonQoSNotMet = "QOS_NOT_MET"
+)
 
 // Client reaches the controller cluster.
 type Client struct {
