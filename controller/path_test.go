@@ -81,6 +81,17 @@ func TestChoosePath(t *testing.T) {
 			}
 		})
 	}
+	// A link its Master reports OFF (driver down) is not used.
+	down := liveLinks(map[string][2]uint64{"AB": {1_000_000, 100_000}, "BC": {1_000_000, 100_000}})
+	down["D"] = nodeLive{status: &qkdv1.NodeStatus{Links: []*qkdv1.LinkStatus{{Link: "DA", Status: "OFF"}}}}
+	if got, err := choosePath(s, down, "A", "C", 0); err != nil || !slices.Equal(got, []string{"AB", "BC"}) {
+		t.Errorf("with DA down: %v, %v; want through B", got, err)
+	}
+	down["B"] = nodeLive{status: &qkdv1.NodeStatus{Links: []*qkdv1.LinkStatus{{Link: "BC", Status: "OFF"}}}}
+	if _, err := choosePath(s, down, "A", "C", 0); status.Convert(err).Details()[0].(*errdetails.ErrorInfo).GetReason() != ctlclient.ReasonNoPath {
+		t.Errorf("with both ways down: %v; want NO_PATH", err)
+	}
+
 	// A promised rate counts against a link: with 600 bit/s of AB's 1000
 	// promised, 500 more do not fit through B.
 	s2 := ring4(t)

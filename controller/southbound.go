@@ -231,6 +231,9 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 // and its pool level.
 type linkLoad struct {
 	skr, reserved, pool uint64
+	// down is true when the link's Master node reports it OFF (its driver
+	// is not running): no new path uses it.
+	down bool
 }
 
 func (l linkLoad) available() uint64 {
@@ -246,7 +249,7 @@ func loads(st *state.State, live map[string]nodeLive) map[string]linkLoad {
 		ld := linkLoad{}
 		for _, ls := range live[l.Master].status.GetLinks() {
 			if ls.GetLink() == l.Name {
-				ld.skr, ld.pool = ls.GetSkr(), ls.GetPoolKeys()
+				ld.skr, ld.pool, ld.down = ls.GetSkr(), ls.GetPoolKeys(), ls.GetStatus() == "OFF"
 			}
 		}
 		for _, id := range l.Apps {
@@ -266,6 +269,9 @@ func choosePath(st *state.State, live map[string]nodeLive, from, to string, minB
 	ld := loads(st, live)
 	weight := func(l state.LinkInfo) float64 {
 		x := ld[l.Name]
+		if x.down {
+			return -1
+		}
 		w := 1.0
 		if x.skr > 0 {
 			if minBPS > 0 && x.available() < uint64(minBPS) {
@@ -278,12 +284,23 @@ func choosePath(st *state.State, live map[string]nodeLive, from, to string, minB
 	if p := st.ShortestPath(from, to, weight); p != nil {
 		return p, nil
 	}
-	if st.ShortestPath(from, to, state.Hops) == nil {
+	up := func(l state.LinkInfo) float64 {
+		if ld[l.Name].down {
+			return -1
+		}
+		return 1
+	}
+	if st.ShortestPath(from, to, up) == nil {
 		return nil, refuse(ctlclient.ReasonNoPath, nil, "no path of enabled QKD links joins node %s to node %s", from, to)
 	}
 	// There is a path, but it cannot carry minBPS: say what the best one can.
 	best := uint64(0)
-	if p := st.ShortestPath(from, to, func(l state.LinkInfo) float64 { return 1e12 / float64(1+ld[l.Name].available()) }); p != nil {
+	if p := st.ShortestPath(from, to, func(l state.LinkInfo) float64 {
+		if ld[l.Name].down {
+			return -1
+		}
+		return 1e12 / float64(1+ld[l.Name].available())
+	}); p != nil {
 		best = ^uint64(0)
 		for _, name := range p {
 			if x := ld[name]; x.skr > 0 {
