@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -52,6 +53,67 @@ func emptyView(node string) *view {
 		saes: map[string]string{}, kmes: map[string]string{}, addrs: map[string]string{}, apps: map[appKey]appView{}, byApp: map[string]appKey{}}
 }
 
+// pushedNode mirrors the parts of a pushed qkd_node (JSON_IETF, as the
+// controller's qkd015 encoder writes it) that the agent runs. The document
+// is checked against the schema first (qkd015.Check); decoding only these
+// fields with encoding/json costs a tenth of building the ygot tree, and
+// every push carries the node's whole tree.
+type pushedNode struct {
+	Node struct {
+		QkdnID       string `json:"qkdn_id"`
+		NodeName     string `json:"qkdnet-sdn-ext:node_name"`
+		KmeID        string `json:"qkdnet-sdn-ext:kme_id"`
+		AgentAddress string `json:"qkdnet-sdn-ext:agent_address"`
+		SAEs         struct {
+			SAE []struct {
+				ID string `json:"sae_id"`
+			} `json:"sae"`
+		} `json:"qkdnet-sdn-ext:saes"`
+		Links struct {
+			Link []pushedLink `json:"qkd_link"`
+		} `json:"qkd_links"`
+		Apps struct {
+			App []pushedApp `json:"qkd_app"`
+		} `json:"qkd_applications"`
+	} `json:"etsi-qkd-sdn-node:qkd_node"`
+}
+
+type pushedLink struct {
+	ID     string `json:"qkdl_id"`
+	Enable *bool  `json:"qkdl_enable"`
+	Remote struct {
+		QkdnID string `json:"qkdn_id"`
+	} `json:"qkdl_remote"`
+	Name               string `json:"qkdnet-sdn-ext:link_name"`
+	Role               string `json:"qkdnet-sdn-ext:kmm_role"`
+	KeySize            uint32 `json:"qkdnet-sdn-ext:key_size"`
+	RemoteNodeName     string `json:"qkdnet-sdn-ext:remote_node_name"`
+	RemoteKmeID        string `json:"qkdnet-sdn-ext:remote_kme_id"`
+	RemoteAgentAddress string `json:"qkdnet-sdn-ext:remote_agent_address"`
+}
+
+type pushedApp struct {
+	ID       string   `json:"app_id"`
+	Server   string   `json:"server_app_id"`
+	Clients  []string `json:"client_app_id"`
+	Priority uint32   `json:"app_priority"`
+	QoS      struct {
+		MinBandwidth uint32 `json:"min_bandwidth"`
+		TTL          uint32 `json:"ttl"`
+	} `json:"app_qos"`
+	RemoteQkdnID string `json:"remote_qkdn_id"`
+	Hops         struct {
+		Hop []struct {
+			ID    string `json:"qkdl_id"`
+			Index uint32 `json:"index"`
+		} `json:"hop"`
+	} `json:"qkdnet-sdn-ext:hops"`
+	RemoteNodeName string   `json:"qkdnet-sdn-ext:remote_node_name"`
+	RemoteKmeID    string   `json:"qkdnet-sdn-ext:remote_kme_id"`
+	ChunkSize      uint32   `json:"qkdnet-sdn-ext:key_chunk_size"`
+	Connected      []string `json:"qkdnet-sdn-ext:connected_sae"`
+}
+
 // viewOf reads a pushed configuration. It refuses one meant for another node.
 func viewOf(node string, version uint64, doc []byte) (*view, error) {
 	v := emptyView(node)
@@ -59,66 +121,69 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 	if len(doc) == 0 {
 		return v, nil // the controller has nothing for this node (yet)
 	}
-	t, err := qkd015.Parse(doc)
-	if err != nil {
+	if err := qkd015.Check(doc); err != nil {
 		return nil, err
 	}
-	if t.GetNodeName() != node || t.GetQkdnId() != qkd015.NodeID(node) {
-		return nil, fmt.Errorf("configuration is for node %q (%s), not %s", t.GetNodeName(), t.GetQkdnId(), node)
+	var p pushedNode
+	if err := json.Unmarshal(doc, &p); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
 	}
-	v.kmeID = t.GetKmeId()
+	t := p.Node
+	if t.NodeName != node || t.QkdnID != qkd015.NodeID(node) {
+		return nil, fmt.Errorf("configuration is for node %q (%s), not %s", t.NodeName, t.QkdnID, node)
+	}
+	v.kmeID = t.KmeID
 	v.kmes[node] = v.kmeID
-	v.addrs[node] = t.GetAgentAddress()
-	for sae := range qkd015.SAEs(t) {
-		v.saes[sae] = node
+	v.addrs[node] = t.AgentAddress
+	for _, sae := range t.SAEs.SAE {
+		v.saes[sae.ID] = node
 	}
 	byLinkID := map[string]string{}
 	byNodeID := map[string]string{qkd015.NodeID(node): node}
-	for id, ql := range qkd015.Links(t) {
-		name, peer := ql.GetLinkName(), ql.GetRemoteNodeName()
+	for _, ql := range t.Links.Link {
+		name, peer := ql.Name, ql.RemoteNodeName
 		if name == "" || peer == "" {
-			return nil, fmt.Errorf("qkd_link %s has no link_name or remote_node_name", id)
+			return nil, fmt.Errorf("qkd_link %s has no link_name or remote_node_name", ql.ID)
 		}
-		kb := int(ql.GetKeySize() / 8)
+		kb := int(ql.KeySize / 8)
 		if kb == 0 {
 			kb = 32
 		}
-		l := kmm.Link{ID: name, Peer: peer, Master: ql.KmmRole == qkd015.RoleMaster, KeyBytes: kb}
+		l := kmm.Link{ID: name, Peer: peer, Master: ql.Role == "MASTER", KeyBytes: kb}
 		v.links[name] = l
 		if old, dup := v.byPeer[peer]; !dup || old.ID > name {
 			v.byPeer[peer] = l
 		}
-		v.enabled[name] = ql.QkdlEnable == nil || ql.GetQkdlEnable()
-		v.kmes[peer] = ql.GetRemoteKmeId()
-		v.addrs[peer] = ql.GetRemoteAgentAddress()
-		byLinkID[id] = name
-		byNodeID[ql.GetQkdlRemote().GetQkdnId()] = peer
+		v.enabled[name] = ql.Enable == nil || *ql.Enable
+		v.kmes[peer] = ql.RemoteKmeID
+		v.addrs[peer] = ql.RemoteAgentAddress
+		byLinkID[ql.ID] = name
+		byNodeID[ql.Remote.QkdnID] = peer
 	}
-	for id, qa := range qkd015.Apps(t) {
-		master, ok1 := qkd015.SAEFromURI(qa.GetServerAppId())
+	for _, qa := range t.Apps.App {
+		master, ok1 := qkd015.SAEFromURI(qa.Server)
 		var slave string
-		ok2 := len(qa.ClientAppId) > 0
+		ok2 := len(qa.Clients) > 0
 		if ok2 {
-			slave, ok2 = qkd015.SAEFromURI(qa.ClientAppId[0])
+			slave, ok2 = qkd015.SAEFromURI(qa.Clients[0])
 		}
 		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("qkd_app %s: server_app_id or client_app_id is not an SAE URI", id)
+			return nil, fmt.Errorf("qkd_app %s: server_app_id or client_app_id is not an SAE URI", qa.ID)
 		}
-		a := appView{id: id, master: master, slave: slave, priority: qa.GetAppPriority(), minBitsPerS: qa.GetAppQos().GetMinBandwidth(),
-			chunkSize: qa.GetKeyChunkSize(), ttl: qa.GetAppQos().GetTtl(), connected: slices.Clone(qa.ConnectedSae)}
-		a.hopLinks = map[uint32]string{}
-		for lid, h := range qkd015.Hops(qa) {
-			a.link = byLinkID[lid]
-			a.hopLinks[h.GetIndex()] = byLinkID[lid]
+		a := appView{id: qa.ID, master: master, slave: slave, priority: qa.Priority, minBitsPerS: qa.QoS.MinBandwidth,
+			chunkSize: qa.ChunkSize, ttl: qa.QoS.TTL, connected: qa.Connected, hopLinks: map[uint32]string{}}
+		for _, h := range qa.Hops.Hop {
+			a.link = byLinkID[h.ID]
+			a.hopLinks[h.Index] = byLinkID[h.ID]
 		}
 		// The SAE at the other end sits at remote_qkdn_id, which the
 		// controller names (it may be several hops away).
-		remote := qa.GetRemoteNodeName()
+		remote := qa.RemoteNodeName
 		if remote == "" {
-			remote = byNodeID[qa.GetRemoteQkdnId()]
+			remote = byNodeID[qa.RemoteQkdnID]
 		}
-		if remote != "" && qa.GetRemoteKmeId() != "" {
-			v.kmes[remote] = qa.GetRemoteKmeId()
+		if remote != "" && qa.RemoteKmeID != "" {
+			v.kmes[remote] = qa.RemoteKmeID
 		}
 		for _, sae := range []string{master, slave} {
 			if _, local := v.saes[sae]; !local && remote != "" {
@@ -126,7 +191,7 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 			}
 		}
 		v.apps[appKey{master, slave}] = a
-		v.byApp[id] = appKey{master, slave}
+		v.byApp[qa.ID] = appKey{master, slave}
 	}
 	return v, nil
 }

@@ -11,8 +11,10 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/openconfig/goyang/pkg/yang"
+	"github.com/openconfig/ygot/util"
 )
 
 // A JSON object with its members in document order (duplicates kept, so they
@@ -273,8 +275,16 @@ func (c *checker) leaf(f *field, v any, path string) {
 	}
 	switch t.Kind {
 	case yang.Ystring:
-		if _, ok := v.(string); !ok {
+		str, ok := v.(string)
+		if !ok {
 			want("a string")
+			return
+		}
+		for _, re := range patternsOf(t) {
+			if !re.MatchString(str) {
+				c.addf(path, "%q does not match the %s pattern", str, typeName(f.entry))
+				break
+			}
 		}
 	case yang.Ybool:
 		if _, ok := v.(bool); !ok {
@@ -410,4 +420,25 @@ func orList(names []string) string {
 		return names[0]
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// patterns caches the compiled patterns of string types, by type.
+var patterns sync.Map // *yang.YangType -> []*regexp.Regexp
+
+// patternsOf returns the type's patterns as Go regular expressions, as ygot
+// turns them (anchored W3C patterns); one that does not compile is left to
+// ygot's validation.
+func patternsOf(t *yang.YangType) []*regexp.Regexp {
+	if v, ok := patterns.Load(t); ok {
+		return v.([]*regexp.Regexp)
+	}
+	var out []*regexp.Regexp
+	pats, _ := util.SanitizedPattern(t)
+	for _, p := range pats {
+		if re, err := regexp.Compile(p); err == nil {
+			out = append(out, re)
+		}
+	}
+	patterns.Store(t, out)
+	return out
 }
