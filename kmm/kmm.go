@@ -366,8 +366,19 @@ func (k *KMM) EnsureStream(st keystore.Stream) error {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if _, err := k.alloc.Fill(ctx, st.ID, st.Link, prefill); err != nil && !errors.Is(err, keystore.ErrClosed) {
-				k.logger.Debug("no keys for a new stream yet", "stream", st.ID, "err", err)
+			// The peer KMM may get the controller's push a moment after this
+			// one and refuse the stream until then: try again shortly.
+			for wait := 10 * time.Millisecond; ; wait *= 2 {
+				_, err := k.alloc.Fill(ctx, st.ID, st.Link, prefill)
+				if err == nil || errors.Is(err, keystore.ErrClosed) || wait > time.Second {
+					return
+				}
+				k.logger.Debug("no keys for a new stream yet; retrying", "stream", st.ID, "err", err, "in", wait)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
 			}
 		}()
 	}
