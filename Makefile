@@ -3,7 +3,7 @@
 GO ?= go
 STATE_DIR ?= .qkdnet
 
-.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build
+.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build fuzz
 
 ## demo: start the paper's rooftops A-B-C (3 controller replicas, 3 nodes, 2 emulated QKD links) and watch SAE_A send to SAE_C through B
 demo:
@@ -63,3 +63,11 @@ bench-controller:
 	$(GO) test -run XXX -bench Failover -benchtime 20x ./e2e/
 	$(GO) test -run XXX -bench 'OpenApp1000|Path1000' -benchtime 200x ./controller/state/
 	$(GO) test -run XXX -bench Push100 -benchtime 20x ./controller/
+
+## fuzz: run every fuzz target for FUZZTIME each (default 20s); `make test` runs their seed corpora
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run XXX -fuzz '^FuzzKeyRequestDecode$$' -fuzztime $(FUZZTIME) ./agent/gateway/
+	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./qkd015/
+	$(GO) test -run XXX -fuzz '^FuzzParseTopology$$' -fuzztime $(FUZZTIME) ./testbed/
+	$(GO) test -run XXX -fuzz '^FuzzKeyID$$' -fuzztime $(FUZZTIME) ./kmm/keystore/
