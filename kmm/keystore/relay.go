@@ -110,10 +110,14 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 		}
 		dst.FillPercent = appendFill
 		pads := tx.Bucket(bucketKeys).Bucket([]byte(padStream))
+		marks := tx.Bucket(bucketRelayed)
 		now := s.now().UnixNano()
 		stored, used := 0, 0
 		for _, it := range items {
-			if dst.Get(u64(it.Seq)) != nil {
+			// Held: still in the stream, or received before and since
+			// served (the mark outlives the key), so a resend after a
+			// crash of the sender is answered and nothing is stored twice.
+			if dst.Get(u64(it.Seq)) != nil || marks.Get(relayMark(streamID, it.Seq)) != nil {
 				held = append(held, it.Seq)
 				continue
 			}
@@ -157,6 +161,9 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 			if err := pads.Delete(u64(it.Seq)); err != nil {
 				return err
 			}
+			if err := marks.Put(relayMark(streamID, it.Seq), binary.BigEndian.AppendUint64(nil, uint64(now))); err != nil {
+				return err
+			}
 			held = append(held, it.Seq)
 			stored++
 			used++
@@ -179,4 +186,9 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 		return held, fmt.Errorf("%w: sequence numbers %v of stream %s", ErrRelayCheck, failed, streamID)
 	}
 	return held, nil
+}
+
+// relayMark is the key of the mark that a relayed key arrived.
+func relayMark(stream string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(stream), 0), seq)
 }

@@ -81,6 +81,15 @@ func TestPutRelayed(t *testing.T) {
 		t.Errorf("after erase: S %d, S#1 %d, counters %v", s.StreamCount("S"), s.StreamCount("S#1"), c)
 	}
 
+	// A key received, then served (here: erased), is still held for a
+	// resend: the sender crashed before it saw the answer.
+	if held, err = s.PutRelayed("S", "S#1", []RelayItem{item(0)}, ok); err != nil || !slices.Equal(held, []uint64{0}) {
+		t.Errorf("resend of a key served since = %v, %v; want held", held, err)
+	}
+	if s.StreamCount("S") != 1 {
+		t.Errorf("the resend stored the key again: S holds %d", s.StreamCount("S"))
+	}
+
 	// Durable: a reopened store holds the same.
 	s.Close()
 	s = openStore(t, dir, Options{})

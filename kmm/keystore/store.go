@@ -53,6 +53,7 @@ var (
 	bucketApplied = []byte("applied") // batch ID → JSON appliedBatch (Slave KMM)
 	bucketStats   = []byte("stats")   // counter name → uint64
 	bucketLast    = []byte("last")    // link → key_IDs of the last batch the driver delivered
+	bucketRelayed = []byte("relayed") // stream 0x00 seq → when a relayed key arrived (receiving end)
 )
 
 // QoS is what a key stream asks of the key allocation element.
@@ -202,7 +203,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // load creates the buckets and mirrors sizes, streams and counters in memory.
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast} {
+		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast, bucketRelayed} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -1489,6 +1490,22 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 			})
 		}); err != nil {
 			return err
+		}
+		// Forget the marks of relayed keys once the keys themselves would
+		// have expired: a resend comes long before that.
+		var oldMarks [][]byte
+		if err := tx.Bucket(bucketRelayed).ForEach(func(k, v []byte) error {
+			if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < cutoff {
+				oldMarks = append(oldMarks, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range oldMarks {
+			if err := tx.Bucket(bucketRelayed).Delete(k); err != nil {
+				return err
+			}
 		}
 		// Forget old idempotency answers: the Master resends a batch only
 		// until it gets an answer, which is long before a key lifetime.
