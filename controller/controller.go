@@ -20,12 +20,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	gnmipb "github.com/openconfig/gnmi/proto/gnmi"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
+	"github.com/qkdnet/qkdnet/controller/gnmiserver"
 	"github.com/qkdnet/qkdnet/controller/state"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
@@ -73,6 +75,7 @@ func (c *Controller) Register(s *grpc.Server) {
 	qkdv1.RegisterControllerServiceServer(s, &southbound{c: c})
 	qkdv1.RegisterClusterServiceServer(s, &clusterAPI{c: c})
 	qkdv1.RegisterNetworkServiceServer(s, &networkAPI{c: c})
+	gnmipb.RegisterGNMIServer(s, gnmiserver.New(c.fsm))
 }
 
 // Run follows leadership until ctx is done: while this replica leads, it

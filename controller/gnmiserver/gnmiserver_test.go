@@ -1,0 +1,187 @@
+package gnmiserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	gnmipb "github.com/openconfig/gnmi/proto/gnmi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/qkdnet/qkdnet/controller/controllertest"
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
+	"github.com/qkdnet/qkdnet/controller/gnmiserver"
+	"github.com/qkdnet/qkdnet/controller/state"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/pki"
+	"github.com/qkdnet/qkdnet/qkd015"
+)
+
+// gnmiClient dials the cluster's leader with id's certificate.
+func gnmiClient(t *testing.T, c *controllertest.Cluster, id pki.Identity) gnmipb.GNMIClient {
+	t.Helper()
+	cc, err := grpc.NewClient(c.Replicas[c.WaitLeader(5*time.Second)].GRPC, grpc.WithTransportCredentials(credentials.NewTLS(c.ClientTLS(id))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return gnmipb.NewGNMIClient(cc)
+}
+
+func path(elems ...string) *gnmipb.Path {
+	p := &gnmipb.Path{}
+	for _, e := range elems {
+		name, keys, _ := strings.Cut(e, "[")
+		pe := &gnmipb.PathElem{Name: name}
+		if keys != "" {
+			k, v, _ := strings.Cut(strings.TrimSuffix(keys, "]"), "=")
+			pe.Key = map[string]string{k: v}
+		}
+		p.Elem = append(p.Elem, pe)
+	}
+	return p
+}
+
+func TestCapabilitiesAndGet(t *testing.T) {
+	c := controllertest.Start(t, 1)
+	ops := c.Client(pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, f := range []func(context.Context, qkdv1.NetworkServiceClient) error{
+		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "A", KmeId: "KME_A"})
+			return err
+		},
+		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "B"})
+			return err
+		},
+		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+			_, err := n.AddLink(ctx, &qkdv1.AddLinkRequest{Name: "FSO_AB", NodeA: "A", NodeB: "B"})
+			return err
+		},
+	} {
+		if err := ops.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error { return f(ctx, ctlclient.Network(cc)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := gnmiClient(t, c, pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+
+	caps, err := g.Capabilities(ctx, &gnmipb.CapabilityRequest{})
+	if err != nil || len(caps.GetSupportedModels()) != 3 || caps.GetSupportedModels()[0].GetName() != "etsi-qkd-sdn-node" ||
+		len(caps.GetSupportedEncodings()) != 1 || caps.GetSupportedEncodings()[0] != gnmipb.Encoding_JSON_IETF {
+		t.Fatalf("Capabilities = %v, %v", caps, err)
+	}
+
+	// The whole tree of node A parses as ETSI 015 data.
+	r, err := g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Encoding: gnmipb.Encoding_JSON_IETF})
+	if err != nil || len(r.GetNotification()) != 1 || r.GetNotification()[0].GetPrefix().GetTarget() != "A" {
+		t.Fatalf("Get A = %v, %v", r, err)
+	}
+	tree, err := qkd015.Parse(r.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal())
+	if err != nil || tree.GetKmeId() != "KME_A" || len(qkd015.Links(tree)) != 1 {
+		t.Fatalf("A's tree: %v, %v", tree, err)
+	}
+	// Every node when no target is given.
+	if r, err := g.Get(ctx, &gnmipb.GetRequest{Encoding: gnmipb.Encoding_JSON_IETF}); err != nil || len(r.GetNotification()) != 2 {
+		t.Fatalf("Get of the network = %v, %v", r, err)
+	}
+	// A leaf and a list entry by key.
+	linkID := qkd015.LinkID("FSO_AB")
+	for _, tc := range []struct {
+		p    *gnmipb.Path
+		want string
+	}{
+		{path("qkd_node", "qkdn_id"), `"` + qkd015.NodeID("A") + `"`},
+		{path("etsi-qkd-sdn-node:qkd_node", "qkd_links", "qkd_link[qkdl_id="+linkID+"]", "qkdnet-sdn-ext:kmm_role"), `"MASTER"`},
+	} {
+		r, err := g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Path: []*gnmipb.Path{tc.p}, Encoding: gnmipb.Encoding_JSON_IETF})
+		if err != nil {
+			t.Fatalf("Get %v: %v", tc.p, err)
+		}
+		if got := string(r.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal()); got != tc.want {
+			t.Errorf("Get %v = %s, want %s", tc.p, got, tc.want)
+		}
+	}
+	r, err = g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Path: []*gnmipb.Path{path("qkd_node", "qkd_links", "qkd_link[qkdl_id="+linkID+"]")}, Encoding: gnmipb.Encoding_JSON_IETF})
+	var link map[string]any
+	if err != nil || json.Unmarshal(r.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal(), &link) != nil || link["etsi-qkd-sdn-node:qkdl_id"] != linkID {
+		t.Errorf("Get of the link entry = %v, %v", link, err)
+	}
+
+	// Refusals: a clear gNMI status, nothing else.
+	for _, tc := range []struct {
+		name string
+		req  *gnmipb.GetRequest
+		code codes.Code
+	}{
+		{"unknown node", &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "Z"}, Encoding: gnmipb.Encoding_JSON_IETF}, codes.NotFound},
+		{"unknown path", &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Path: []*gnmipb.Path{path("qkd_node", "no_such_leaf")}, Encoding: gnmipb.Encoding_JSON_IETF}, codes.NotFound},
+		{"protobuf encoding", &gnmipb.GetRequest{Encoding: gnmipb.Encoding_PROTO}, codes.Unimplemented},
+	} {
+		if _, err := g.Get(ctx, tc.req); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.code)
+		}
+	}
+	// An SAE certificate cannot use gNMI.
+	sae := gnmiClient(t, c, pki.Identity{Kind: pki.KindSAE, ID: "SAE_A"})
+	if _, err := sae.Get(ctx, &gnmipb.GetRequest{Encoding: gnmipb.Encoding_JSON_IETF}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("SAE Get: %v", err)
+	}
+}
+
+// fsmOf is a Reader over a state built in the test.
+type fsmOf struct{ s *state.State }
+
+func (f fsmOf) Read(fn func(*state.State)) { fn(f.s) }
+
+// BenchmarkGetNetwork1000 is a gNMI Get of the whole network of a generated
+// 1,000-node, ~3,000-link topology: the first (encoding every tree) and the
+// following ones (trees unchanged since).
+func BenchmarkGetNetwork1000(b *testing.B) {
+	s := state.New()
+	idx := uint64(0)
+	add := func(c state.Command) {
+		idx++
+		if _, err := s.Apply(idx, c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const n = 1000
+	for i := range n {
+		add(state.Command{Op: state.OpAddNode, Node: &state.NodeSpec{Name: fmt.Sprintf("N%d", i)}})
+	}
+	for i := range n {
+		for _, step := range []int{1, 7 + i%13, n/3 + i%17} {
+			j := (i + step) % n
+			if i < j {
+				s.Apply(idx+1, state.Command{Op: state.OpAddLink, Link: &state.LinkSpec{Name: fmt.Sprintf("L%d_%d", i, j), A: fmt.Sprintf("N%d", i), B: fmt.Sprintf("N%d", j)}})
+				idx++
+			}
+		}
+	}
+	_, links, _ := s.Counts()
+	srv := gnmiserver.New(fsmOf{s})
+	ctx := pki.WithCaller(context.Background(), pki.Identity{Kind: pki.KindOperator, ID: "bench"})
+	req := &gnmipb.GetRequest{Encoding: gnmipb.Encoding_JSON_IETF}
+	t0 := time.Now()
+	if _, err := srv.Get(ctx, req); err != nil {
+		b.Fatal(err)
+	}
+	first := time.Since(t0)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		r, err := srv.Get(ctx, req)
+		if err != nil || len(r.GetNotification()) != n {
+			b.Fatalf("%v %v", len(r.GetNotification()), err)
+		}
+	}
+	b.ReportMetric(float64(first.Microseconds())/1000, "first-ms")
+	b.ReportMetric(float64(links), "links")
+}
