@@ -2,8 +2,8 @@
 // (github.com/openconfig/gnmi), for operators' standard tools: the target
 // of a request names a node (empty or "*" for every node), and paths are the
 // ETSI GS QKD 015 YANG paths of that node's qkd_node tree, answered in
-// JSON_IETF. This first part serves Capabilities and Get; Set and Subscribe
-// answer UNIMPLEMENTED.
+// JSON_IETF. It serves Capabilities, Get and Subscribe (ONCE, POLL, and
+// STREAM with ON_CHANGE or SAMPLE); Set answers UNIMPLEMENTED for now.
 package gnmiserver
 
 import (
@@ -29,6 +29,8 @@ import (
 // Reader gives read access to the controller's state (controller.FSM).
 type Reader interface {
 	Read(fn func(*state.State))
+	// Changed returns a channel closed at the next change of the state.
+	Changed() <-chan struct{}
 }
 
 // Server serves gNMI on the controller's network.
@@ -90,7 +92,16 @@ func (s *Server) Get(ctx context.Context, req *gnmipb.GetRequest) (*gnmipb.GetRe
 	if req.GetType() != gnmipb.GetRequest_ALL {
 		return nil, status.Errorf(codes.Unimplemented, "data type %v: only ALL is served (configuration and state share one tree)", req.GetType())
 	}
-	paths := req.GetPath()
+	out, err := s.collect(req.GetPrefix(), req.GetPath())
+	if err != nil {
+		return nil, err
+	}
+	return &gnmipb.GetResponse{Notification: out}, nil
+}
+
+// collect reads every path at every node the prefix's target names, one
+// notification per node.
+func (s *Server) collect(prefix *gnmipb.Path, paths []*gnmipb.Path) ([]*gnmipb.Notification, error) {
 	if len(paths) == 0 {
 		paths = []*gnmipb.Path{{}}
 	}
@@ -99,7 +110,7 @@ func (s *Server) Get(ctx context.Context, req *gnmipb.GetRequest) (*gnmipb.GetRe
 	var rerr error
 	s.r.Read(func(st *state.State) {
 		nodes := st.NodeNames()
-		if t := req.GetPrefix().GetTarget(); t != "" && t != "*" {
+		if t := prefix.GetTarget(); t != "" && t != "*" {
 			if _, ok := st.Node(t); !ok {
 				rerr = status.Errorf(codes.NotFound, "target %q: no such node", t)
 				return
@@ -109,8 +120,7 @@ func (s *Server) Get(ctx context.Context, req *gnmipb.GetRequest) (*gnmipb.GetRe
 		for _, name := range nodes {
 			n := &gnmipb.Notification{Timestamp: now, Prefix: &gnmipb.Path{Target: name}}
 			for _, p := range paths {
-				full := join(req.GetPrefix(), p)
-				val, err := s.value(st, name, full)
+				val, err := s.value(st, name, join(prefix, p))
 				if err != nil {
 					rerr = err
 					return
@@ -120,10 +130,7 @@ func (s *Server) Get(ctx context.Context, req *gnmipb.GetRequest) (*gnmipb.GetRe
 			out = append(out, n)
 		}
 	})
-	if rerr != nil {
-		return nil, rerr
-	}
-	return &gnmipb.GetResponse{Notification: out}, nil
+	return out, rerr
 }
 
 // join is the prefix's elements followed by the path's.
@@ -214,4 +221,115 @@ func pathString(p *gnmipb.Path) string {
 		return "/"
 	}
 	return b.String()
+}
+
+// Subscribe implements gNMI: ONCE sends the paths' values and a sync
+// response; POLL does so again at each poll; STREAM sends them, a sync
+// response, then the values that change (ON_CHANGE, TARGET_DEFINED) or all
+// of them every sample interval (SAMPLE, at least 100 ms).
+func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
+	ctx := stream.Context()
+	if err := authorize(ctx); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	list := first.GetSubscribe()
+	if list == nil {
+		return status.Error(codes.InvalidArgument, "the first message must be a SubscriptionList")
+	}
+	if e := list.GetEncoding(); e != gnmipb.Encoding_JSON_IETF && e != gnmipb.Encoding_JSON {
+		return status.Errorf(codes.Unimplemented, "encoding %v: only JSON_IETF is served", e)
+	}
+	var paths []*gnmipb.Path
+	sample := time.Duration(0)
+	for _, sub := range list.GetSubscription() {
+		paths = append(paths, sub.GetPath())
+		if sub.GetMode() == gnmipb.SubscriptionMode_SAMPLE {
+			d := max(time.Duration(sub.GetSampleInterval()), 100*time.Millisecond)
+			if sample == 0 || d < sample {
+				sample = d
+			}
+		}
+	}
+	last := map[string]string{} // target and path -> last value sent
+	send := func(onlyChanged bool) error {
+		notes, err := s.collect(list.GetPrefix(), paths)
+		if err != nil {
+			return err
+		}
+		for _, n := range notes {
+			var ups []*gnmipb.Update
+			for _, u := range n.GetUpdate() {
+				key := n.GetPrefix().GetTarget() + pathString(u.GetPath())
+				v := string(u.GetVal().GetJsonIetfVal())
+				if onlyChanged && last[key] == v {
+					continue
+				}
+				last[key] = v
+				ups = append(ups, u)
+			}
+			if len(ups) == 0 {
+				continue
+			}
+			n.Update = ups
+			if err := stream.Send(&gnmipb.SubscribeResponse{Response: &gnmipb.SubscribeResponse_Update{Update: n}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sync := func() error {
+		return stream.Send(&gnmipb.SubscribeResponse{Response: &gnmipb.SubscribeResponse_SyncResponse{SyncResponse: true}})
+	}
+	changed := s.r.Changed()
+	if err := send(false); err != nil {
+		return err
+	}
+	if err := sync(); err != nil {
+		return err
+	}
+	switch list.GetMode() {
+	case gnmipb.SubscriptionList_ONCE:
+		return nil
+	case gnmipb.SubscriptionList_POLL:
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			if m.GetPoll() == nil {
+				return status.Error(codes.InvalidArgument, "a POLL subscription takes only Poll messages")
+			}
+			if err := send(false); err != nil {
+				return err
+			}
+			if err := sync(); err != nil {
+				return err
+			}
+		}
+	}
+	var tick <-chan time.Time
+	if sample > 0 {
+		t := time.NewTicker(sample)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			changed = s.r.Changed()
+			if err := send(true); err != nil {
+				return err
+			}
+		case <-tick:
+			if err := send(false); err != nil {
+				return err
+			}
+		}
+	}
 }

@@ -136,10 +136,97 @@ func TestCapabilitiesAndGet(t *testing.T) {
 	}
 }
 
+func TestSubscribe(t *testing.T) {
+	c := controllertest.Start(t, 1)
+	ops := c.Client(pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	write := func(f func(context.Context, qkdv1.NetworkServiceClient) error) {
+		t.Helper()
+		if err := ops.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error { return f(ctx, ctlclient.Network(cc)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+		_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "A"})
+		return err
+	})
+	g := gnmiClient(t, c, pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	saesOf := func(r *gnmipb.SubscribeResponse) int {
+		tree, err := qkd015.Parse(r.GetUpdate().GetUpdate()[0].GetVal().GetJsonIetfVal())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(qkd015.SAEs(tree))
+	}
+	open := func(mode gnmipb.SubscriptionList_Mode) gnmipb.GNMI_SubscribeClient {
+		s, err := g.Subscribe(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Send(&gnmipb.SubscribeRequest{Request: &gnmipb.SubscribeRequest_Subscribe{Subscribe: &gnmipb.SubscriptionList{
+			Prefix: &gnmipb.Path{Target: "A"}, Mode: mode, Encoding: gnmipb.Encoding_JSON_IETF,
+			Subscription: []*gnmipb.Subscription{{Path: &gnmipb.Path{}, Mode: gnmipb.SubscriptionMode_ON_CHANGE}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	recvUpdateThenSync := func(s gnmipb.GNMI_SubscribeClient) *gnmipb.SubscribeResponse {
+		t.Helper()
+		u, err := s.Recv()
+		if err != nil || u.GetUpdate() == nil {
+			t.Fatalf("want an update: %v %v", u, err)
+		}
+		if r, err := s.Recv(); err != nil || !r.GetSyncResponse() {
+			t.Fatalf("want a sync response: %v %v", r, err)
+		}
+		return u
+	}
+
+	// ONCE: the values, a sync response, the end.
+	once := open(gnmipb.SubscriptionList_ONCE)
+	if u := recvUpdateThenSync(once); saesOf(u) != 0 {
+		t.Errorf("ONCE: %v", u)
+	}
+	if _, err := once.Recv(); err == nil {
+		t.Error("ONCE stream did not end")
+	}
+
+	// STREAM ON_CHANGE: the values now, then a change when an SAE is added.
+	st := open(gnmipb.SubscriptionList_STREAM)
+	recvUpdateThenSync(st)
+	write(func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+		_, err := n.AddSAE(ctx, &qkdv1.AddSAERequest{SaeId: "SAE_A", Node: "A"})
+		return err
+	})
+	if u, err := st.Recv(); err != nil || saesOf(u) != 1 {
+		t.Fatalf("ON_CHANGE after add-sae: %v %v", u, err)
+	}
+
+	// POLL: the values at each poll.
+	poll := open(gnmipb.SubscriptionList_POLL)
+	recvUpdateThenSync(poll)
+	if err := poll.Send(&gnmipb.SubscribeRequest{Request: &gnmipb.SubscribeRequest_Poll{Poll: &gnmipb.Poll{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if u := recvUpdateThenSync(poll); saesOf(u) != 1 {
+		t.Errorf("POLL: %v", u)
+	}
+
+	// A first message that is not a subscription is refused.
+	bad, _ := g.Subscribe(ctx)
+	bad.Send(&gnmipb.SubscribeRequest{Request: &gnmipb.SubscribeRequest_Poll{Poll: &gnmipb.Poll{}}})
+	if _, err := bad.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("poll first: %v", err)
+	}
+}
+
 // fsmOf is a Reader over a state built in the test.
 type fsmOf struct{ s *state.State }
 
 func (f fsmOf) Read(fn func(*state.State)) { fn(f.s) }
+func (f fsmOf) Changed() <-chan struct{}   { return nil }
 
 // BenchmarkGetNetwork1000 is a gNMI Get of the whole network of a generated
 // 1,000-node, ~3,000-link topology: the first (encoding every tree) and the
