@@ -75,7 +75,7 @@ func (c *Controller) Register(s *grpc.Server) {
 	qkdv1.RegisterControllerServiceServer(s, &southbound{c: c})
 	qkdv1.RegisterClusterServiceServer(s, &clusterAPI{c: c})
 	qkdv1.RegisterNetworkServiceServer(s, &networkAPI{c: c})
-	gnmipb.RegisterGNMIServer(s, gnmiserver.New(c.fsm))
+	gnmipb.RegisterGNMIServer(s, gnmiserver.New(c.fsm, proposer{c}))
 }
 
 // Run follows leadership until ctx is done: while this replica leads, it
@@ -151,6 +151,14 @@ func (c *Controller) lead(ctx context.Context) {
 		}
 	}
 	c.pushLoop(ctx)
+}
+
+// proposer lets the gNMI server commit through the controller.
+type proposer struct{ c *Controller }
+
+func (p proposer) Propose(ctx context.Context, cmd state.Command) (uint64, error) {
+	r, err := p.c.propose(ctx, cmd)
+	return r.Index, err
 }
 
 // propose commits a command through Raft; the command's own error (bad or

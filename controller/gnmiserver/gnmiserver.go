@@ -2,19 +2,23 @@
 // (github.com/openconfig/gnmi), for operators' standard tools: the target
 // of a request names a node (empty or "*" for every node), and paths are the
 // ETSI GS QKD 015 YANG paths of that node's qkd_node tree, answered in
-// JSON_IETF. It serves Capabilities, Get and Subscribe (ONCE, POLL, and
-// STREAM with ON_CHANGE or SAMPLE); Set answers UNIMPLEMENTED for now.
+// JSON_IETF. It serves Capabilities, Get, Set (replace, update, delete on
+// one node's tree, validated against the schema and committed through Raft
+// as one write) and Subscribe (ONCE, POLL, and STREAM with ON_CHANGE or
+// SAMPLE).
 package gnmiserver
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
 
 	gnmipb "github.com/openconfig/gnmi/proto/gnmi"
+	"github.com/openconfig/goyang/pkg/yang"
 	"github.com/openconfig/ygot/ygot"
 	"github.com/openconfig/ygot/ytypes"
 	"google.golang.org/grpc/codes"
@@ -33,10 +37,16 @@ type Reader interface {
 	Changed() <-chan struct{}
 }
 
+// Proposer commits a write through Raft (the controller's leader).
+type Proposer interface {
+	Propose(ctx context.Context, c state.Command) (index uint64, err error)
+}
+
 // Server serves gNMI on the controller's network.
 type Server struct {
 	gnmipb.UnimplementedGNMIServer
 	r Reader
+	p Proposer
 
 	mu    sync.Mutex
 	cache map[string]cached // encoded qkd_node trees by node
@@ -47,8 +57,9 @@ type cached struct {
 	doc json.RawMessage
 }
 
-// New returns a server over r.
-func New(r Reader) *Server { return &Server{r: r, cache: map[string]cached{}} }
+// New returns a server that reads through r and writes through p (nil:
+// Set is refused).
+func New(r Reader, p Proposer) *Server { return &Server{r: r, p: p, cache: map[string]cached{}} }
 
 // Models are the YANG modules the trees follow.
 var Models = []*gnmipb.ModelData{
@@ -159,6 +170,9 @@ func (s *Server) value(st *state.State, node string, p *gnmipb.Path) ([]byte, er
 		&ytypes.GetPartialKeyMatch{}, &ytypes.GetHandleWildcards{})
 	if err != nil || len(nodes) == 0 {
 		return nil, status.Errorf(codes.NotFound, "target %s, path %s: %v", node, pathString(p), err)
+	}
+	if len(nodes) == 1 && isNil(nodes[0].Data) {
+		return nil, status.Errorf(codes.NotFound, "target %s, path %s: no value", node, pathString(p))
 	}
 	if len(nodes) > 1 {
 		// Several list entries: an array of their JSON.
@@ -332,4 +346,130 @@ func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
 			}
 		}
 	}
+}
+
+// Set implements gNMI on one node's tree (the prefix's target): deletes,
+// then replaces, then updates, on a copy of the tree; the result must
+// validate against the schema and keep the node's name and ID, and is then
+// committed through Raft as one write. Nothing changes unless all of it
+// does.
+func (s *Server) Set(ctx context.Context, req *gnmipb.SetRequest) (*gnmipb.SetResponse, error) {
+	id, err := pki.Caller(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "%v", err)
+	}
+	if id.Kind != pki.KindOperator {
+		return nil, status.Errorf(codes.PermissionDenied, "%s may not change the network (an operator certificate may)", id)
+	}
+	if s.p == nil {
+		return nil, status.Error(codes.Unimplemented, "Set is not served here")
+	}
+	target := req.GetPrefix().GetTarget()
+	if target == "" || target == "*" {
+		return nil, status.Error(codes.InvalidArgument, "Set changes one node: name it as the prefix's target")
+	}
+	var tree *qkd015.Node
+	var rerr error
+	s.r.Read(func(st *state.State) {
+		t, ok := st.Node(target)
+		if !ok {
+			rerr = status.Errorf(codes.NotFound, "target %q: no such node", target)
+			return
+		}
+		cp, err := ygot.DeepCopy(t)
+		if err != nil {
+			rerr = status.Errorf(codes.Internal, "copy: %v", err)
+			return
+		}
+		tree = cp.(*qkd015.Node)
+	})
+	if rerr != nil {
+		return nil, rerr
+	}
+	dev := &etsi015.Device{QkdNode: tree}
+	schema := etsi015.SchemaTree["Device"]
+	var results []*gnmipb.UpdateResult
+	for _, p := range req.GetDelete() {
+		if err := ytypes.DeleteNode(schema, dev, schemaPath(req.GetPrefix(), p)); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "delete %s: %v", pathString(p), err)
+		}
+		results = append(results, &gnmipb.UpdateResult{Path: p, Op: gnmipb.UpdateResult_DELETE})
+	}
+	for _, u := range req.GetReplace() {
+		full := schemaPath(req.GetPrefix(), u.GetPath())
+		if len(full.GetElem()) > 0 {
+			if err := ytypes.DeleteNode(schema, dev, full); err != nil {
+				return nil, status.Errorf(codes.InvalidArgument, "replace %s: %v", pathString(u.GetPath()), err)
+			}
+		} else {
+			dev.QkdNode = &qkd015.Node{}
+		}
+		if err := setValue(schema, dev, full, u.GetVal()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "replace %s: %v", pathString(u.GetPath()), err)
+		}
+		results = append(results, &gnmipb.UpdateResult{Path: u.GetPath(), Op: gnmipb.UpdateResult_REPLACE})
+	}
+	for _, u := range req.GetUpdate() {
+		if err := setValue(schema, dev, schemaPath(req.GetPrefix(), u.GetPath()), u.GetVal()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "update %s: %v", pathString(u.GetPath()), err)
+		}
+		results = append(results, &gnmipb.UpdateResult{Path: u.GetPath(), Op: gnmipb.UpdateResult_UPDATE})
+	}
+	if dev.QkdNode == nil {
+		return nil, status.Error(codes.InvalidArgument, "the node's qkd_node tree cannot be deleted (remove the node instead)")
+	}
+	if err := qkd015.Validate(dev.QkdNode); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	doc, err := qkd015.Encode(dev.QkdNode)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode: %v", err)
+	}
+	if _, err := s.p.Propose(ctx, state.Command{Op: state.OpPutTree, Name: target, Tree: doc}); err != nil {
+		return nil, err
+	}
+	return &gnmipb.SetResponse{Prefix: req.GetPrefix(), Response: results, Timestamp: time.Now().UnixNano()}, nil
+}
+
+// schemaPath joins prefix and path, with module names dropped, as the schema
+// is matched; an empty path is the node's qkd_node.
+func schemaPath(prefix, p *gnmipb.Path) *gnmipb.Path {
+	var elems []*gnmipb.PathElem
+	for _, e := range join(prefix, p).GetElem() {
+		_, name, ok := strings.Cut(e.GetName(), ":")
+		if !ok {
+			name = e.GetName()
+		}
+		elems = append(elems, &gnmipb.PathElem{Name: name, Key: e.GetKey()})
+	}
+	return &gnmipb.Path{Elem: elems}
+}
+
+// setValue sets the value at path in dev; a value for the whole node (empty
+// path) is the qkd_node document itself.
+func setValue(schema *yang.Entry, dev *etsi015.Device, p *gnmipb.Path, v *gnmipb.TypedValue) error {
+	if v.GetJsonIetfVal() == nil && v.GetJsonVal() == nil && v.GetValue() == nil {
+		return fmt.Errorf("no value")
+	}
+	if len(p.GetElem()) == 0 {
+		n, err := qkd015.Parse(v.GetJsonIetfVal())
+		if err != nil {
+			return err
+		}
+		dev.QkdNode = n
+		return nil
+	}
+	return ytypes.SetNode(schema, dev, p, v, &ytypes.InitMissingElements{})
+}
+
+func isNil(v any) bool {
+	if v == nil {
+		return true
+	}
+	r := reflect.ValueOf(v)
+	switch r.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Interface:
+		return r.IsNil()
+	}
+	return false
 }

@@ -222,6 +222,104 @@ func TestSubscribe(t *testing.T) {
 	}
 }
 
+func TestSet(t *testing.T) {
+	c := controllertest.Start(t, 1)
+	ops := c.Client(pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, f := range []func(context.Context, qkdv1.NetworkServiceClient) error{
+		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "A"})
+			return err
+		},
+		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "B"})
+			return err
+		},
+		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
+			_, err := n.AddLink(ctx, &qkdv1.AddLinkRequest{Name: "FSO_AB", NodeA: "A", NodeB: "B"})
+			return err
+		},
+	} {
+		if err := ops.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error { return f(ctx, ctlclient.Network(cc)) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := gnmiClient(t, c, pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	get := func(p *gnmipb.Path) string {
+		t.Helper()
+		r, err := g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Path: []*gnmipb.Path{p}, Encoding: gnmipb.Encoding_JSON_IETF})
+		if status.Code(err) == codes.NotFound {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(r.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal())
+	}
+	jsonVal := func(s string) *gnmipb.TypedValue {
+		return &gnmipb.TypedValue{Value: &gnmipb.TypedValue_JsonIetfVal{JsonIetfVal: []byte(s)}}
+	}
+	linkID := qkd015.LinkID("FSO_AB")
+	enable := path("qkd_node", "qkd_links", "qkd_link[qkdl_id="+linkID+"]", "qkdl_enable")
+	loc := path("qkd_node", "qkdn_location_id")
+
+	// Update a leaf, replace another, in one commit.
+	_, err := g.Set(ctx, &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "A"},
+		Update:  []*gnmipb.Update{{Path: loc, Val: jsonVal(`"rooftop A"`)}},
+		Replace: []*gnmipb.Update{{Path: enable, Val: jsonVal(`false`)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if get(loc) != `"rooftop A"` || get(enable) != "false" {
+		t.Fatalf("after Set: location %s, enable %s", get(loc), get(enable))
+	}
+	// The controller runs what the tree says: the link is disabled.
+	net := c.Replicas[0].Ctl.Network()
+	if len(net.GetLinks()) != 1 || net.GetLinks()[0].GetEnable() {
+		t.Errorf("links after Set: %v", net.GetLinks())
+	}
+
+	// Refused: a bad value, a renamed node, a wrong certificate. Nothing
+	// changes, not even the valid part of the request.
+	before, _ := g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Encoding: gnmipb.Encoding_JSON_IETF})
+	for _, tc := range []struct {
+		name string
+		cl   gnmipb.GNMIClient
+		req  *gnmipb.SetRequest
+		code codes.Code
+	}{
+		{"bad enum", g, &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "A"},
+			Update: []*gnmipb.Update{{Path: loc, Val: jsonVal(`"kept?"`)}, {Path: path("qkd_node", "qkd_links", "qkd_link[qkdl_id="+linkID+"]", "qkdnet-sdn-ext:kmm_role"), Val: jsonVal(`"BOSS"`)}}}, codes.InvalidArgument},
+		{"bad uuid", g, &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "A"},
+			Update: []*gnmipb.Update{{Path: path("qkd_node", "qkd_links", "qkd_link[qkdl_id=xyz]", "qkdl_enable"), Val: jsonVal(`true`)}}}, codes.InvalidArgument},
+		{"renamed node", g, &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "A"},
+			Update: []*gnmipb.Update{{Path: path("qkd_node", "qkdnet-sdn-ext:node_name"), Val: jsonVal(`"Z"`)}}}, codes.InvalidArgument},
+		{"no target", g, &gnmipb.SetRequest{Update: []*gnmipb.Update{{Path: loc, Val: jsonVal(`"x"`)}}}, codes.InvalidArgument},
+		{"unknown node", g, &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "Q"}, Update: []*gnmipb.Update{{Path: loc, Val: jsonVal(`"x"`)}}}, codes.NotFound},
+		{"node certificate", gnmiClient(t, c, pki.Identity{Kind: pki.KindNode, ID: "A"}), &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "A"},
+			Update: []*gnmipb.Update{{Path: loc, Val: jsonVal(`"x"`)}}}, codes.PermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := tc.cl.Set(ctx, tc.req); status.Code(err) != tc.code {
+				t.Fatalf("err = %v, want %v", err, tc.code)
+			}
+			after, _ := g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Encoding: gnmipb.Encoding_JSON_IETF})
+			if string(after.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal()) != string(before.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal()) {
+				t.Error("a refused Set changed the tree")
+			}
+		})
+	}
+
+	// Delete a leaf.
+	if _, err := g.Set(ctx, &gnmipb.SetRequest{Prefix: &gnmipb.Path{Target: "A"}, Delete: []*gnmipb.Path{loc}}); err != nil {
+		t.Fatal(err)
+	}
+	if v := get(loc); v != "" {
+		t.Errorf("location after delete = %s", v)
+	}
+}
+
 // fsmOf is a Reader over a state built in the test.
 type fsmOf struct{ s *state.State }
 
@@ -254,7 +352,7 @@ func BenchmarkGetNetwork1000(b *testing.B) {
 		}
 	}
 	_, links, _ := s.Counts()
-	srv := gnmiserver.New(fsmOf{s})
+	srv := gnmiserver.New(fsmOf{s}, nil)
 	ctx := pki.WithCaller(context.Background(), pki.Identity{Kind: pki.KindOperator, ID: "bench"})
 	req := &gnmipb.GetRequest{Encoding: gnmipb.Encoding_JSON_IETF}
 	t0 := time.Now()

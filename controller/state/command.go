@@ -17,6 +17,7 @@ const (
 	OpAddLink      Op = "add_link"
 	OpRemoveLink   Op = "remove_link"
 	OpEnableLink   Op = "enable_link" // Name, Link.Disabled
+	OpPutTree      Op = "put_tree"    // Name, Tree: a node's whole qkd_node tree (gNMI Set)
 	OpAddSAE       Op = "add_sae"
 	OpRemoveSAE    Op = "remove_sae"
 	OpOpenApp      Op = "open_app"
@@ -38,6 +39,9 @@ type Command struct {
 	SAE    *SAESpec  `json:"sae,omitempty"`
 	App    *AppSpec  `json:"app,omitempty"`
 	Member *Member   `json:"member,omitempty"`
+	// Tree is a node's whole etsi-qkd-sdn-node:qkd_node document
+	// (JSON_IETF), for put_tree.
+	Tree json.RawMessage `json:"tree,omitempty"`
 	// Name names what a remove_* command removes (node, link, SAE, app ID
 	// or member ID), or the application join_app and leave_app are about
 	// (with the SAE in SAE.ID).

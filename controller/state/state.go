@@ -129,6 +129,8 @@ func (s *State) Apply(index uint64, c Command) (any, error) {
 		return nil, s.addLink(*c.Link)
 	case OpRemoveLink:
 		return nil, s.removeLink(c.Name)
+	case OpPutTree:
+		return nil, s.putTree(c.Name, c.Tree)
 	case OpEnableLink:
 		if c.Link == nil {
 			return nil, invalid("enable_link without link")
@@ -436,6 +438,29 @@ func (s *State) removeLink(name string) error {
 	}
 	delete(s.links, name)
 	s.touch(l.A, l.B)
+	return nil
+}
+
+// putTree replaces a node's whole tree (an operator's gNMI Set). The
+// document must validate and keep the node's name and qkdn_id; the indexes
+// are rebuilt from the trees, so what the trees say is what the controller
+// runs. Keeping the two ends of a link consistent is the operator's part, as
+// it is with ETSI 015's per-node configuration.
+func (s *State) putTree(name string, doc []byte) error {
+	old, ok := s.nodes[name]
+	if !ok {
+		return notFound("node %q", name)
+	}
+	t, err := qkd015.Parse(doc)
+	if err != nil {
+		return invalid("node %s: %v", name, err)
+	}
+	if t.GetNodeName() != name || t.GetQkdnId() != old.GetQkdnId() {
+		return invalid("node %s: node_name and qkdn_id cannot change (got %q, %s)", name, t.GetNodeName(), t.GetQkdnId())
+	}
+	s.nodes[name] = t
+	s.reindex()
+	s.touch(s.NodeNames()...)
 	return nil
 }
 
