@@ -27,9 +27,11 @@ type Endpoints struct {
 
 // ControllerEntry is one controller replica.
 type ControllerEntry struct {
-	ID      string `json:"id"`
-	GRPC    string `json:"grpc"`
-	Raft    string `json:"raft"`
+	ID   string `json:"id"`
+	GRPC string `json:"grpc"`
+	Raft string `json:"raft"`
+	// GNMI serves gNMI (the same port as GRPC).
+	GNMI    string `json:"gnmi"`
 	Metrics string `json:"metrics,omitempty"`
 }
 

@@ -243,7 +243,7 @@ func prepare(opts *Options) (*Plan, error) {
 			}
 			plan.Controllers = append(plan.Controllers, c)
 			plan.Endpoints.Controllers = append(plan.Endpoints.Controllers, ControllerEntry{
-				ID: id, GRPC: loopback(cp.GRPC), Raft: loopback(cp.Raft), Metrics: "http://" + loopback(cp.Metrics) + "/metrics"})
+				ID: id, GRPC: loopback(cp.GRPC), Raft: loopback(cp.Raft), GNMI: loopback(cp.GRPC), Metrics: "http://" + loopback(cp.Metrics) + "/metrics"})
 		}
 	}
 

@@ -1,0 +1,58 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qkdnet/qkdnet/testbed"
+)
+
+// TestGNMICLI drives the controller with the openconfig reference client
+// gnmi_cli (pinned in go.mod as a tool): Capabilities, Get, Set and a ONCE
+// subscription, with the operator certificate of endpoints.json.
+func TestGNMICLI(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "gnmi_cli")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/openconfig/gnmi/cmd/gnmi_cli").CombinedOutput(); err != nil {
+		t.Fatalf("build gnmi_cli: %v\n%s", err, out)
+	}
+	n := upWith(t, testbed.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	leader, err := n.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := n.Endpoints()
+	var addr string
+	for _, c := range ep.Controllers {
+		if c.ID == leader {
+			addr = c.GNMI
+		}
+	}
+	cli := func(args ...string) string {
+		t.Helper()
+		args = append([]string{"-address", addr, "-ca_crt", ep.CACert, "-client_crt", ep.Operator.Cert, "-client_key", ep.Operator.Key}, args...)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("gnmi_cli %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := cli("-capabilities"); !strings.Contains(out, `"etsi-qkd-sdn-node"`) || !strings.Contains(out, "JSON_IETF") {
+		t.Errorf("capabilities:\n%s", out)
+	}
+	if out := cli("-get", "-proto", `prefix: <target: "A"> path: <elem: <name: "qkd_node"> elem: <name: "kme_id">> encoding: JSON_IETF`); !strings.Contains(out, `\"KME_A\"`) {
+		t.Errorf("get kme_id:\n%s", out)
+	}
+	cli("-set", "-proto", `prefix: <target: "A"> update: <path: <elem: <name: "qkd_node"> elem: <name: "qkdn_location_id">> val: <json_ietf_val: "\"rooftop A\"">>`)
+	if out := cli("-get", "-proto", `prefix: <target: "A"> path: <elem: <name: "qkd_node"> elem: <name: "qkdn_location_id">> encoding: JSON_IETF`); !strings.Contains(out, `rooftop A`) {
+		t.Errorf("get after set:\n%s", out)
+	}
+	if out := cli("-qt", "o", "-target", "B", "-q", "qkd_node/qkdn_status"); !strings.Contains(out, "OPERATING") {
+		t.Errorf("subscribe once:\n%s", out)
+	}
+}
