@@ -113,6 +113,13 @@ func (s *Server) Get(ctx context.Context, req *gnmipb.GetRequest) (*gnmipb.GetRe
 // collect reads every path at every node the prefix's target names, one
 // notification per node.
 func (s *Server) collect(prefix *gnmipb.Path, paths []*gnmipb.Path) ([]*gnmipb.Notification, error) {
+	return s.collectSince(prefix, paths, nil)
+}
+
+// collectSince is collect for the nodes whose tree changed since the index
+// since gives for them (all nodes if since is nil), and records the index
+// it read each node at.
+func (s *Server) collectSince(prefix *gnmipb.Path, paths []*gnmipb.Path, since map[string]uint64) ([]*gnmipb.Notification, error) {
 	if len(paths) == 0 {
 		paths = []*gnmipb.Path{{}}
 	}
@@ -129,6 +136,13 @@ func (s *Server) collect(prefix *gnmipb.Path, paths []*gnmipb.Path) ([]*gnmipb.N
 			nodes = []string{t}
 		}
 		for _, name := range nodes {
+			if since != nil {
+				at := st.ChangedAt(name)
+				if seen, ok := since[name]; ok && at != 0 && at <= seen {
+					continue
+				}
+				since[name] = at
+			}
 			n := &gnmipb.Notification{Timestamp: now, Prefix: &gnmipb.Path{Target: name}}
 			for _, p := range paths {
 				val, err := s.value(st, name, join(prefix, p))
@@ -240,7 +254,7 @@ func pathString(p *gnmipb.Path) string {
 // Subscribe implements gNMI: ONCE sends the paths' values and a sync
 // response; POLL does so again at each poll; STREAM sends them, a sync
 // response, then the values that change (ON_CHANGE, TARGET_DEFINED) or all
-// of them every sample interval (SAMPLE, at least 100 ms).
+// of them every sample interval (SAMPLE, at least 10 ms).
 func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
 	ctx := stream.Context()
 	if err := authorize(ctx); err != nil {
@@ -262,15 +276,20 @@ func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
 	for _, sub := range list.GetSubscription() {
 		paths = append(paths, sub.GetPath())
 		if sub.GetMode() == gnmipb.SubscriptionMode_SAMPLE {
-			d := max(time.Duration(sub.GetSampleInterval()), 100*time.Millisecond)
+			d := max(time.Duration(sub.GetSampleInterval()), 10*time.Millisecond)
 			if sample == 0 || d < sample {
 				sample = d
 			}
 		}
 	}
 	last := map[string]string{} // target and path -> last value sent
+	seen := map[string]uint64{} // node -> ChangedAt when last read
 	send := func(onlyChanged bool) error {
-		notes, err := s.collect(list.GetPrefix(), paths)
+		var since map[string]uint64
+		if onlyChanged {
+			since = seen // only the nodes whose tree changed
+		}
+		notes, err := s.collectSince(list.GetPrefix(), paths, since)
 		if err != nil {
 			return err
 		}
