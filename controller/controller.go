@@ -75,7 +75,7 @@ func (c *Controller) Register(s *grpc.Server) {
 	qkdv1.RegisterControllerServiceServer(s, &southbound{c: c})
 	qkdv1.RegisterClusterServiceServer(s, &clusterAPI{c: c})
 	qkdv1.RegisterNetworkServiceServer(s, &networkAPI{c: c})
-	gnmipb.RegisterGNMIServer(s, gnmiserver.New(c.fsm, proposer{c}))
+	gnmipb.RegisterGNMIServer(s, gnmiserver.New(c.fsm, proposer{c}).WithLive(c))
 }
 
 // Run follows leadership until ctx is done: while this replica leads, it
@@ -151,6 +151,17 @@ func (c *Controller) lead(ctx context.Context) {
 		}
 	}
 	c.pushLoop(ctx)
+}
+
+// LiveStatus is what each agent last reported to this replica (the leader).
+func (c *Controller) LiveStatus() map[string]*qkdv1.NodeStatus {
+	out := map[string]*qkdv1.NodeStatus{}
+	for n, l := range c.hub.snapshotLive() {
+		if l.status != nil {
+			out[n] = l.status
+		}
+	}
+	return out
 }
 
 // proposer lets the gNMI server commit through the controller.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qkdnet/qkdnet/qkd015"
 	"github.com/qkdnet/qkdnet/testbed"
 )
 
@@ -54,5 +55,18 @@ func TestGNMICLI(t *testing.T) {
 	}
 	if out := cli("-qt", "o", "-target", "B", "-q", "qkd_node/qkdn_status"); !strings.Contains(out, "OPERATING") {
 		t.Errorf("subscribe once:\n%s", out)
+	}
+	// Live state is in the tree: the link's status and pool level, as node
+	// A's agent reports them (once a second).
+	perf := `prefix: <target: "A"> path: <elem: <name: "qkd_node"> elem: <name: "qkd_links"> elem: <name: "qkd_link" key: <key: "qkdl_id" value: "` +
+		qkd015.LinkID("FSO_AB") + `">>> encoding: JSON_IETF`
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out := cli("-get", "-proto", perf)
+		if strings.Contains(out, "pool_keys") && strings.Contains(out, "ACTIVE") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no live state in A's link:\n%s", out)
+		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/qkdnet/qkdnet/controller/state"
 	"github.com/qkdnet/qkdnet/gen/go/etsi015"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/pki"
 	"github.com/qkdnet/qkdnet/qkd015"
 )
@@ -42,24 +43,81 @@ type Proposer interface {
 	Propose(ctx context.Context, c state.Command) (index uint64, err error)
 }
 
+// LiveSource gives what the agents last reported, by node (the leader's
+// sessions): it is overlaid on the trees as their config-false leaves.
+type LiveSource interface {
+	LiveStatus() map[string]*qkdv1.NodeStatus
+}
+
 // Server serves gNMI on the controller's network.
 type Server struct {
 	gnmipb.UnimplementedGNMIServer
-	r Reader
-	p Proposer
+	r    Reader
+	p    Proposer
+	live LiveSource
 
 	mu    sync.Mutex
 	cache map[string]cached // encoded qkd_node trees by node
 }
 
 type cached struct {
-	at  uint64 // state.ChangedAt of the node when encoded
-	doc json.RawMessage
+	at   uint64            // state.ChangedAt of the node when encoded
+	live *qkdv1.NodeStatus // the live report overlaid, if any
+	doc  json.RawMessage
 }
 
 // New returns a server that reads through r and writes through p (nil:
 // Set is refused).
 func New(r Reader, p Proposer) *Server { return &Server{r: r, p: p, cache: map[string]cached{}} }
+
+// WithLive overlays the agents' live reports on the trees served.
+func (s *Server) WithLive(l LiveSource) *Server { s.live = l; return s }
+
+// liveOf returns the live reports, or none.
+func (s *Server) liveOf() map[string]*qkdv1.NodeStatus {
+	if s.live == nil {
+		return nil
+	}
+	return s.live.LiveStatus()
+}
+
+// overlay returns t with the node's live report set in its config-false
+// leaves: link status, secret key rate, pool level and keys supplied, and
+// application status. t itself is not changed.
+func overlay(t *qkd015.Node, st *qkdv1.NodeStatus) (*qkd015.Node, error) {
+	if st == nil {
+		return t, nil
+	}
+	cp, err := ygot.DeepCopy(t)
+	if err != nil {
+		return nil, err
+	}
+	out := cp.(*qkd015.Node)
+	for _, ls := range st.GetLinks() {
+		for _, ql := range qkd015.Links(out) {
+			if ql.GetLinkName() != ls.GetLink() {
+				continue
+			}
+			var status qkd015.LinkStatus
+			if qkd015.ParseEnum(ls.GetStatus(), &status) {
+				ql.QkdlStatus = status
+			}
+			perf := ql.GetOrCreateQkdlPerformance()
+			perf.Skr = ygot.Uint32(uint32(min(ls.GetSkr(), uint64(^uint32(0)))))
+			perf.PoolKeys = ygot.Uint64(ls.GetPoolKeys())
+			perf.KeysSupplied = ygot.Uint64(ls.GetKeysSupplied())
+		}
+	}
+	for _, as := range st.GetApplications() {
+		if qa := qkd015.Apps(out)[as.GetAppId()]; qa != nil {
+			var status qkd015.AppStatus
+			if qkd015.ParseEnum(as.GetStatus(), &status) {
+				qa.AppStatus = status
+			}
+		}
+	}
+	return out, nil
+}
 
 // Models are the YANG modules the trees follow.
 var Models = []*gnmipb.ModelData{
@@ -126,6 +184,7 @@ func (s *Server) collectSince(prefix *gnmipb.Path, paths []*gnmipb.Path, since m
 	now := time.Now().UnixNano()
 	var out []*gnmipb.Notification
 	var rerr error
+	live := s.liveOf()
 	s.r.Read(func(st *state.State) {
 		nodes := st.NodeNames()
 		if t := prefix.GetTarget(); t != "" && t != "*" {
@@ -145,7 +204,7 @@ func (s *Server) collectSince(prefix *gnmipb.Path, paths []*gnmipb.Path, since m
 			}
 			n := &gnmipb.Notification{Timestamp: now, Prefix: &gnmipb.Path{Target: name}}
 			for _, p := range paths {
-				val, err := s.value(st, name, join(prefix, p))
+				val, err := s.value(st, name, join(prefix, p), live[name])
 				if err != nil {
 					rerr = err
 					return
@@ -165,7 +224,7 @@ func join(prefix, p *gnmipb.Path) *gnmipb.Path {
 }
 
 // value is the JSON_IETF of the path in the node's tree.
-func (s *Server) value(st *state.State, node string, p *gnmipb.Path) ([]byte, error) {
+func (s *Server) value(st *state.State, node string, p *gnmipb.Path, live *qkdv1.NodeStatus) ([]byte, error) {
 	t, _ := st.Node(node)
 	elems := make([]*gnmipb.PathElem, 0, len(p.GetElem()))
 	for _, e := range p.GetElem() {
@@ -178,7 +237,11 @@ func (s *Server) value(st *state.State, node string, p *gnmipb.Path) ([]byte, er
 		elems = append(elems, &gnmipb.PathElem{Name: name, Key: e.GetKey()})
 	}
 	if len(elems) == 0 || (len(elems) == 1 && elems[0].GetName() == "qkd_node" && len(elems[0].GetKey()) == 0) {
-		return s.whole(st, node, t)
+		return s.whole(st, node, t, live)
+	}
+	t, err := overlay(t, live)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "overlay: %v", err)
 	}
 	nodes, err := ytypes.GetNode(etsi015.SchemaTree["Device"], &etsi015.Device{QkdNode: t}, &gnmipb.Path{Elem: elems},
 		&ytypes.GetPartialKeyMatch{}, &ytypes.GetHandleWildcards{})
@@ -204,20 +267,24 @@ func (s *Server) value(st *state.State, node string, p *gnmipb.Path) ([]byte, er
 }
 
 // whole is the node's whole tree, encoded once per change of the node.
-func (s *Server) whole(st *state.State, node string, t *qkd015.Node) ([]byte, error) {
+func (s *Server) whole(st *state.State, node string, t *qkd015.Node, live *qkdv1.NodeStatus) ([]byte, error) {
 	at := st.ChangedAt(node)
 	s.mu.Lock()
 	c, ok := s.cache[node]
 	s.mu.Unlock()
-	if ok && c.at == at && at != 0 {
+	if ok && c.at == at && at != 0 && c.live == live {
 		return c.doc, nil
+	}
+	t, err := overlay(t, live)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "overlay: %v", err)
 	}
 	doc, err := qkd015.Encode(t)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode node %s: %v", node, err)
 	}
 	s.mu.Lock()
-	s.cache[node] = cached{at: at, doc: doc}
+	s.cache[node] = cached{at: at, live: live, doc: doc}
 	s.mu.Unlock()
 	return doc, nil
 }
@@ -350,6 +417,14 @@ func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	// The agents report every second: their values change without a
+	// commit, so ON_CHANGE also looks at them at that pace.
+	var liveTick <-chan time.Time
+	if s.live != nil {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		liveTick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -361,6 +436,11 @@ func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
 			}
 		case <-tick:
 			if err := send(false); err != nil {
+				return err
+			}
+		case <-liveTick:
+			clear(seen) // re-read every node; only changed values go out
+			if err := send(true); err != nil {
 				return err
 			}
 		}

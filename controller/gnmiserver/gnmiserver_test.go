@@ -433,3 +433,58 @@ type callerStream struct{ grpc.ServerStream }
 func (c callerStream) Context() context.Context {
 	return pki.WithCaller(c.ServerStream.Context(), pki.Identity{Kind: pki.KindOperator, ID: "bench"})
 }
+
+type liveOf map[string]*qkdv1.NodeStatus
+
+func (l liveOf) LiveStatus() map[string]*qkdv1.NodeStatus { return l }
+
+// TestLiveStateInTree: what the agents report is in the trees served, as
+// the config-false leaves of ETSI 015 (and qkdnet-sdn-ext's pool level).
+func TestLiveStateInTree(t *testing.T) {
+	s := state.New()
+	for i, c := range []state.Command{
+		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "A"}},
+		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "B"}},
+		{Op: state.OpAddLink, Link: &state.LinkSpec{Name: "FSO_AB", A: "A", B: "B"}},
+	} {
+		if _, err := s.Apply(uint64(i+1), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := liveOf{"A": {Links: []*qkdv1.LinkStatus{{Link: "FSO_AB", Status: "ACTIVE", Skr: 8192, PoolKeys: 42, KeysSupplied: 100}}}}
+	srv := gnmiserver.New(fsmOf{s}, nil).WithLive(live)
+	ctx := pki.WithCaller(context.Background(), pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	get := func(target string, p *gnmipb.Path) []byte {
+		t.Helper()
+		r, err := srv.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: target}, Path: []*gnmipb.Path{p}, Encoding: gnmipb.Encoding_JSON_IETF})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal()
+	}
+	tree, err := qkd015.Parse(get("A", &gnmipb.Path{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := qkd015.Links(tree)[qkd015.LinkID("FSO_AB")]
+	if l.QkdlStatus != qkd015.LinkActive || l.GetQkdlPerformance().GetSkr() != 8192 || l.GetQkdlPerformance().GetPoolKeys() != 42 || l.GetQkdlPerformance().GetKeysSupplied() != 100 {
+		t.Errorf("A's link: status %v, performance %+v", l.QkdlStatus, l.GetQkdlPerformance())
+	}
+	if got := string(get("A", path("qkd_node", "qkd_links", "qkd_link[qkdl_id="+qkd015.LinkID("FSO_AB")+"]", "qkdl_performance", "skr"))); got != "8192" {
+		t.Errorf("skr leaf = %s", got)
+	}
+	// B reported nothing: its tree has no live leaves; the state is untouched.
+	tb, _ := qkd015.Parse(get("B", &gnmipb.Path{}))
+	if lb := qkd015.Links(tb)[qkd015.LinkID("FSO_AB")]; lb.GetQkdlPerformance() != nil || lb.QkdlStatus != 0 {
+		t.Errorf("B's link has live values it never reported: %+v", lb)
+	}
+	a, _ := s.Node("A")
+	if qkd015.Links(a)[qkd015.LinkID("FSO_AB")].GetQkdlPerformance() != nil {
+		t.Error("the overlay changed the state")
+	}
+	// A new report is served at once.
+	live["A"] = &qkdv1.NodeStatus{Links: []*qkdv1.LinkStatus{{Link: "FSO_AB", Status: "OFF"}}}
+	if got := string(get("A", path("qkd_node", "qkd_links", "qkd_link[qkdl_id="+qkd015.LinkID("FSO_AB")+"]", "qkdl_status"))); !strings.Contains(got, "OFF") {
+		t.Errorf("status after the link went down = %s", got)
+	}
+}
