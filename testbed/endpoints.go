@@ -23,6 +23,9 @@ type Endpoints struct {
 	Controllers []ControllerEntry `json:"controllers,omitempty"`
 	// Operator is a certificate for qkdctl and other operator tools.
 	Operator *CertEntry `json:"operator,omitempty"`
+	// Dashboard is the URL of the live network page (served by the first
+	// controller replica, which leads after a fresh start).
+	Dashboard string `json:"dashboard,omitempty"`
 }
 
 // ControllerEntry is one controller replica.

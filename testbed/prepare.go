@@ -242,6 +242,9 @@ func prepare(opts *Options) (*Plan, error) {
 				c.Args = append(c.Args, "--join", strings.Join(ctlAddrs[:i], ","))
 			}
 			plan.Controllers = append(plan.Controllers, c)
+			if i == 0 {
+				plan.Endpoints.Dashboard = "http://" + loopback(cp.Metrics) + "/dashboard/"
+			}
 			plan.Endpoints.Controllers = append(plan.Endpoints.Controllers, ControllerEntry{
 				ID: id, GRPC: loopback(cp.GRPC), Raft: loopback(cp.Raft), GNMI: loopback(cp.GRPC), Metrics: "http://" + loopback(cp.Metrics) + "/metrics"})
 		}

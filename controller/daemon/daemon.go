@@ -29,6 +29,7 @@ import (
 	"github.com/qkdnet/qkdnet/controller"
 	"github.com/qkdnet/qkdnet/controller/cluster"
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
+	"github.com/qkdnet/qkdnet/controller/dashboard"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/internal/logflags"
 	"github.com/qkdnet/qkdnet/pki"
@@ -60,7 +61,7 @@ func Main(name string, args []string, stderr io.Writer) int {
 	fs.StringVar(&o.ID, "id", "", "replica `ID` (Raft server ID), e.g. c1")
 	fs.StringVar(&o.GRPCAddr, "grpc", "127.0.0.1:7443", "`host:port` of the gRPC API (agents, operators, other replicas)")
 	fs.StringVar(&o.RaftAddr, "raft", "127.0.0.1:7543", "`host:port` of the Raft transport")
-	fs.StringVar(&o.MetricsAddr, "metrics", "", "`host:port` of Prometheus metrics and /healthz (off if empty)")
+	fs.StringVar(&o.MetricsAddr, "metrics", "", "`host:port` of Prometheus metrics, /healthz and the /dashboard/ page (off if empty)")
 	fs.StringVar(&o.DataDir, "data-dir", "", "`dir` of the Raft log, stable store and snapshots")
 	fs.BoolVar(&o.Bootstrap, "bootstrap", false, "start a new cluster with this replica as its first voter (ignored if the data dir has Raft state)")
 	fs.StringVar(&join, "join", "", "comma-separated gRPC `addresses` of replicas to join through (the leader adds this one)")
@@ -227,6 +228,8 @@ func metricsHandler(ctl *controller.Controller, r *raft.Raft) http.Handler {
 	reg.MustRegister(controller.NewCollector(ctl))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// The live network page; it carries no key material, like the metrics.
+	mux.Handle("/dashboard/", http.StripPrefix("/dashboard", dashboard.Handler(ctl)))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if addr, _ := r.LeaderWithID(); addr == "" {
 			http.Error(w, "no leader known\n", http.StatusServiceUnavailable)
