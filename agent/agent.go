@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	gnmipb "github.com/openconfig/gnmi/proto/gnmi"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/qkdnet/qkdnet/agent/gateway"
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
+	"github.com/qkdnet/qkdnet/controller/gnmiserver"
 	"github.com/qkdnet/qkdnet/driver/emulator"
 	"github.com/qkdnet/qkdnet/driver/remote"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
@@ -122,6 +124,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	)
 	qkdv1.RegisterKeyServiceServer(gs, k)
 	qkdv1.RegisterKeyStreamServiceServer(gs, k)
+	// Operators read the node's own tree, with its live state, over gNMI.
+	live := &liveNode{node: cfg.Node}
+	if ctl != nil {
+		gnmipb.RegisterGNMIServer(gs, gnmiserver.New(&nodeTrees{node: cfg.Node, ctl: ctl}, nil).WithLive(live))
+	}
 	keysync.Register(gs, k)
 
 	emu := emulator.NewServer(a.logger.With("part", "emulator"))
@@ -199,6 +206,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			sb.notify(&qkdv1.Notification{Kind: "sdqkdn_link_down", Link: link, Status: "OFF", Severity: "MAJOR", Message: why})
 		}
 		ctl.open, ctl.connect = sb.openApp, sb.connectApp
+		live.sb.Store(sb)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -18,6 +18,7 @@ import (
 // the SAEs it knows the nodes of, and the applications (key streams).
 type view struct {
 	version uint64
+	doc     []byte // the pushed qkd_node document (JSON_IETF), for gNMI
 	node    string
 	kmeID   string
 	links   map[string]kmm.Link // by link name (the KMM's link ID)
@@ -118,6 +119,7 @@ type pushedApp struct {
 func viewOf(node string, version uint64, doc []byte) (*view, error) {
 	v := emptyView(node)
 	v.version = version
+	v.doc = doc
 	if len(doc) == 0 {
 		return v, nil // the controller has nothing for this node (yet)
 	}

@@ -75,7 +75,7 @@ func (c *Controller) Register(s *grpc.Server) {
 	qkdv1.RegisterControllerServiceServer(s, &southbound{c: c})
 	qkdv1.RegisterClusterServiceServer(s, &clusterAPI{c: c})
 	qkdv1.RegisterNetworkServiceServer(s, &networkAPI{c: c})
-	gnmipb.RegisterGNMIServer(s, gnmiserver.New(c.fsm, proposer{c}).WithLive(c))
+	gnmipb.RegisterGNMIServer(s, gnmiserver.New(gnmiserver.FSMReader(c.fsm), proposer{c}).WithLive(c))
 }
 
 // Run follows leadership until ctx is done: while this replica leads, it

@@ -34,6 +34,12 @@ func TestGNMICLI(t *testing.T) {
 			addr = c.GNMI
 		}
 	}
+	cliAt := func(addr string, args ...string) (string, error) {
+		t.Helper()
+		args = append([]string{"-address", addr, "-ca_crt", ep.CACert, "-client_crt", ep.Operator.Cert, "-client_key", ep.Operator.Key}, args...)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		return string(out), err
+	}
 	cli := func(args ...string) string {
 		t.Helper()
 		args = append([]string{"-address", addr, "-ca_crt", ep.CACert, "-client_crt", ep.Operator.Cert, "-client_key", ep.Operator.Key}, args...)
@@ -68,5 +74,24 @@ func TestGNMICLI(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no live state in A's link:\n%s", out)
 		}
+	}
+
+	// Each agent serves its own tree, with its live state; it is
+	// configured through the controller, so Set is refused there.
+	a, _ := ep.KMM("A")
+	if a.GNMI == "" {
+		t.Fatal("endpoints.json has no gnmi for node A")
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, err := cliAt(a.GNMI, "-get", "-proto", `path: <elem: <name: "qkd_node">> encoding: JSON_IETF`)
+		if err == nil && strings.Contains(out, "node_name") && strings.Contains(out, "pool_keys") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent A's gNMI tree: %v\n%s", err, out)
+		}
+	}
+	if out, err := cliAt(a.GNMI, "-set", "-proto", `prefix: <target: "A"> update: <path: <elem: <name: "qkd_node"> elem: <name: "qkdn_location_id">> val: <json_ietf_val: "\"x\"">>`); err == nil || !strings.Contains(out, "controller") {
+		t.Errorf("Set at an agent: %v\n%s", err, out)
 	}
 }

@@ -60,6 +60,9 @@ type KMMEntry struct {
 	URL     string `json:"url"`
 	GRPC    string `json:"grpc"`
 	Metrics string `json:"metrics"`
+	// GNMI serves the node's own ETSI 015 tree (the gRPC port; with a
+	// controller only).
+	GNMI string `json:"gnmi,omitempty"`
 }
 
 // SAEEntry is one SAE with its client certificate.

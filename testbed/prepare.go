@@ -336,13 +336,17 @@ func prepare(opts *Options) (*Plan, error) {
 			return nil, fmt.Errorf("node %s: %w", n.ID, err)
 		}
 		plan.Nodes = append(plan.Nodes, np)
-		plan.Endpoints.KMMs = append(plan.Endpoints.KMMs, KMMEntry{
+		ke := KMMEntry{
 			Node:    n.ID,
 			KMEID:   n.KMEID,
 			URL:     "https://" + loopback(ports[i].REST),
 			GRPC:    loopback(ports[i].GRPC),
 			Metrics: "http://" + loopback(ports[i].Metrics) + "/metrics",
-		})
+		}
+		if opts.Controllers > 0 {
+			ke.GNMI = ke.GRPC
+		}
+		plan.Endpoints.KMMs = append(plan.Endpoints.KMMs, ke)
 	}
 
 	// The effective topology (defaults filled in, key rate overridden) is

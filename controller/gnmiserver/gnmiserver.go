@@ -31,12 +31,36 @@ import (
 	"github.com/qkdnet/qkdnet/qkd015"
 )
 
-// Reader gives read access to the controller's state (controller.FSM).
+// View is the trees served, as read under the Reader's lock:
+// *state.State (the controller's network) or an agent's own node.
+type View interface {
+	NodeNames() []string
+	Node(name string) (*qkd015.Node, bool)
+	// ChangedAt is a number that grows when the node's tree changes.
+	ChangedAt(name string) uint64
+}
+
+// Reader gives read access to the trees (controller.FSM through
+// FSMReader, or an agent).
 type Reader interface {
-	Read(fn func(*state.State))
-	// Changed returns a channel closed at the next change of the state.
+	Read(fn func(View))
+	// Changed returns a channel closed at the next change of the trees.
 	Changed() <-chan struct{}
 }
+
+// FSM is what FSMReader adapts: the controller's state machine.
+type FSM interface {
+	Read(fn func(*state.State))
+	Changed() <-chan struct{}
+}
+
+// FSMReader serves the controller's state.
+func FSMReader(f FSM) Reader { return fsmReader{f} }
+
+type fsmReader struct{ f FSM }
+
+func (r fsmReader) Read(fn func(View))       { r.f.Read(func(s *state.State) { fn(s) }) }
+func (r fsmReader) Changed() <-chan struct{} { return r.f.Changed() }
 
 // Proposer commits a write through Raft (the controller's leader).
 type Proposer interface {
@@ -185,7 +209,7 @@ func (s *Server) collectSince(prefix *gnmipb.Path, paths []*gnmipb.Path, since m
 	var out []*gnmipb.Notification
 	var rerr error
 	live := s.liveOf()
-	s.r.Read(func(st *state.State) {
+	s.r.Read(func(st View) {
 		nodes := st.NodeNames()
 		if t := prefix.GetTarget(); t != "" && t != "*" {
 			if _, ok := st.Node(t); !ok {
@@ -224,7 +248,7 @@ func join(prefix, p *gnmipb.Path) *gnmipb.Path {
 }
 
 // value is the JSON_IETF of the path in the node's tree.
-func (s *Server) value(st *state.State, node string, p *gnmipb.Path, live *qkdv1.NodeStatus) ([]byte, error) {
+func (s *Server) value(st View, node string, p *gnmipb.Path, live *qkdv1.NodeStatus) ([]byte, error) {
 	t, _ := st.Node(node)
 	elems := make([]*gnmipb.PathElem, 0, len(p.GetElem()))
 	for _, e := range p.GetElem() {
@@ -267,7 +291,7 @@ func (s *Server) value(st *state.State, node string, p *gnmipb.Path, live *qkdv1
 }
 
 // whole is the node's whole tree, encoded once per change of the node.
-func (s *Server) whole(st *state.State, node string, t *qkd015.Node, live *qkdv1.NodeStatus) ([]byte, error) {
+func (s *Server) whole(st View, node string, t *qkd015.Node, live *qkdv1.NodeStatus) ([]byte, error) {
 	at := st.ChangedAt(node)
 	s.mu.Lock()
 	c, ok := s.cache[node]
@@ -461,7 +485,7 @@ func (s *Server) Set(ctx context.Context, req *gnmipb.SetRequest) (*gnmipb.SetRe
 		return nil, status.Errorf(codes.PermissionDenied, "%s may not change the network (an operator certificate may)", id)
 	}
 	if s.p == nil {
-		return nil, status.Error(codes.Unimplemented, "Set is not served here")
+		return nil, status.Error(codes.FailedPrecondition, "this tree is configured through the controller: Set it there")
 	}
 	target := req.GetPrefix().GetTarget()
 	if target == "" || target == "*" {
@@ -469,7 +493,7 @@ func (s *Server) Set(ctx context.Context, req *gnmipb.SetRequest) (*gnmipb.SetRe
 	}
 	var tree *qkd015.Node
 	var rerr error
-	s.r.Read(func(st *state.State) {
+	s.r.Read(func(st View) {
 		t, ok := st.Node(target)
 		if !ok {
 			rerr = status.Errorf(codes.NotFound, "target %q: no such node", target)

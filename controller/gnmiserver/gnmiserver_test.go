@@ -325,8 +325,8 @@ func TestSet(t *testing.T) {
 // fsmOf is a Reader over a state built in the test.
 type fsmOf struct{ s *state.State }
 
-func (f fsmOf) Read(fn func(*state.State)) { fn(f.s) }
-func (f fsmOf) Changed() <-chan struct{}   { return nil }
+func (f fsmOf) Read(fn func(gnmiserver.View)) { fn(f.s) }
+func (f fsmOf) Changed() <-chan struct{}      { return nil }
 
 // BenchmarkGetNetwork1000 is a gNMI Get of the whole network of a generated
 // 1,000-node, ~3,000-link topology: the first (encoding every tree) and the
