@@ -117,6 +117,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	every, keep := cfg.KMM.history()
+	rec, err := stats.NewRecorder(st, store, every, keep, a.logger.With("part", "stats"))
+	if err != nil {
+		return err
+	}
 
 	gs := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
@@ -127,7 +132,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Operators read the node's own tree, with its live state, over gNMI.
 	live := &liveNode{node: cfg.Node}
 	if ctl != nil {
-		gnmipb.RegisterGNMIServer(gs, gnmiserver.New(&nodeTrees{node: cfg.Node, ctl: ctl}, nil).WithLive(live))
+		gnmipb.RegisterGNMIServer(gs, gnmiserver.New(&nodeTrees{node: cfg.Node, ctl: ctl}, nil).WithLive(live).WithHistory(&nodeHistory{rec: rec}))
 	}
 	keysync.Register(gs, k)
 
@@ -193,6 +198,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		defer close(kmmDone)
 		k.Run(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rec.Run(ctx)
 	}()
 	if ctl != nil {
 		cl, err := ctlclient.New(cfg.Controllers, clientTLS)

@@ -62,6 +62,24 @@ type KMMSettings struct {
 	// plain ETSI 014 request. Defaults 1 key/s and 4096 keys.
 	DefaultKeyRate   int `json:"default_key_rate,omitempty"`
 	DefaultMaxBuffer int `json:"default_max_buffer,omitempty"`
+	// HistoryInterval is how often the Statistics Manager adds a sample to
+	// the Metric Store's history, and HistoryRetention how long samples
+	// are kept. Defaults 10 s and 1 h.
+	HistoryInterval  Duration `json:"history_interval,omitempty"`
+	HistoryRetention Duration `json:"history_retention,omitempty"`
+}
+
+// history returns the statistics history interval and retention, with
+// their defaults.
+func (s KMMSettings) history() (interval, retention time.Duration) {
+	interval, retention = time.Duration(s.HistoryInterval), time.Duration(s.HistoryRetention)
+	if interval == 0 {
+		interval = 10 * time.Second
+	}
+	if retention == 0 {
+		retention = time.Hour
+	}
+	return interval, retention
 }
 
 // Topology is the part of the configuration that the controller will own:
@@ -160,6 +178,9 @@ func (c *Config) Validate() error {
 		return errors.New("rest_addr and grpc_addr are required")
 	case c.TLS.CA == "" || c.TLS.Cert == "" || c.TLS.Key == "":
 		return errors.New("tls.ca, tls.cert and tls.key are required")
+	}
+	if iv, ret := c.KMM.history(); iv < 0 || ret < iv {
+		return fmt.Errorf("kmm.history_interval %v must be positive and at most kmm.history_retention %v", iv, ret)
 	}
 	if len(c.Controllers) > 0 {
 		return c.validateDrivers()

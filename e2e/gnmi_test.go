@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/qkdnet/qkdnet/etsi014client"
 	"github.com/qkdnet/qkdnet/qkd015"
 	"github.com/qkdnet/qkdnet/testbed"
 )
@@ -93,5 +95,76 @@ func TestGNMICLI(t *testing.T) {
 	}
 	if out, err := cliAt(a.GNMI, "-set", "-proto", `prefix: <target: "A"> update: <path: <elem: <name: "qkd_node"> elem: <name: "qkdn_location_id">> val: <json_ietf_val: "\"x\"">>`); err == nil || !strings.Contains(out, "controller") {
 		t.Errorf("Set at an agent: %v\n%s", err, out)
+	}
+
+	testHistory(ctx, t, n)
+}
+
+// testHistory gets keys from SAE_A to SAE_B, then reads node A's
+// statistics history (a sample every 2 s in the rooftops topology) with
+// qkdctl history, which reaches A's agent over gNMI: the link has supplied
+// keys and the stream shows the keys delivered and the requests served.
+func testHistory(ctx context.Context, t *testing.T, n *testbed.Network) {
+	bin := filepath.Join(t.TempDir(), "qkdctl")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/qkdnet/qkdnet/cmd/qkdctl").CombinedOutput(); err != nil {
+		t.Fatalf("build qkdctl: %v\n%s", err, out)
+	}
+	c := client(t, n, "SAE_A")
+	for range 5 {
+		if _, err := encKeys(ctx, c, "SAE_B", etsi014client.KeyRequest{Number: 4}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	app := qkd015.AppID("SAE_A", "SAE_B")
+	qkdctl := func(args ...string) (string, error) {
+		args = append([]string{"--endpoints", n.StateDir()}, args...)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		return string(out), err
+	}
+	var h struct {
+		Node  string `json:"node"`
+		Links map[string][]struct {
+			KeysSupplied uint64 `json:"keys_supplied,string"`
+		} `json:"links"`
+		Apps map[string][]struct {
+			KeysDelivered uint64  `json:"keys_delivered,string"`
+			Requests      uint64  `json:"requests,string"`
+			LatencyMax    float64 `json:"latency_max,string"`
+		} `json:"applications"`
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		out, err := qkdctl("-o", "json", "history", "A")
+		if err != nil {
+			t.Fatalf("qkdctl history A: %v\n%s", err, out)
+		}
+		if err := json.Unmarshal([]byte(out), &h); err != nil {
+			t.Fatalf("qkdctl -o json history A: %v\n%s", err, out)
+		}
+		var supplied, delivered, requests uint64
+		var latency float64
+		for _, s := range h.Links["FSO_AB"] {
+			supplied += s.KeysSupplied
+		}
+		for _, s := range h.Apps[app] {
+			delivered += s.KeysDelivered
+			requests += s.Requests
+			latency = max(latency, s.LatencyMax)
+		}
+		if h.Node == "A" && supplied > 0 && delivered == 20 && requests == 5 && latency > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("history of A: link supplied %d, stream delivered %d (want 20) in %d requests (want 5), latency %v:\n%s", supplied, delivered, requests, latency, out)
+		}
+	}
+	// The table, and the one-line errors.
+	if out, err := qkdctl("history", "A", "--link", "FSO_AB"); err != nil || !strings.Contains(out, "SUPPLIED") || !strings.Contains(out, "FSO_AB") {
+		t.Errorf("qkdctl history A --link FSO_AB: %v\n%s", err, out)
+	}
+	if out, err := qkdctl("history", "Z"); err == nil || !strings.Contains(out, `no node "Z"`) || strings.Count(out, "\n") != 1 {
+		t.Errorf("qkdctl history Z: %v\n%s", err, out)
+	}
+	if out, err := qkdctl("history", "A", "--app", "nope"); err == nil || !strings.Contains(out, "no history of application") {
+		t.Errorf("qkdctl history A --app nope: %v\n%s", err, out)
 	}
 }

@@ -259,6 +259,7 @@ func peerOf(a AppView, sae string) string {
 
 // GetStreamKey implements ETSI 004 GET_KEY.
 func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) (*qkdv1.GetStreamKeyResponse, error) {
+	start := time.Now()
 	caller, err := k.caller004(ctx)
 	if err != nil {
 		return nil, err
@@ -336,6 +337,7 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 				c.next = index + 1
 			}
 			k.c004.mu.Unlock()
+			k.observeStream(st.ID, start)
 			return &qkdv1.GetStreamKeyResponse{Status: Status004Success, KeyBuffer: key.Key, Index: index, Metadata: meta, MetadataSize: uint32(len(meta))}, nil
 		}
 		if !errors.Is(err, keystore.ErrNotEnoughKeys) {

@@ -52,6 +52,14 @@ func (k *KMM) observe(method string, start time.Time, err error) {
 	}
 }
 
+// observeStream records a key request served on a stream, for the
+// stream's statistics history.
+func (k *KMM) observeStream(stream string, start time.Time) {
+	if k.stats != nil {
+		k.stats.ObserveStream(stream, time.Since(start))
+	}
+}
+
 // masterStream opens the stream from the (authenticated) master SAE to
 // slave, the step status and enc_keys share.
 func (k *KMM) masterStream(ctx context.Context, master, slave string) (keystore.Stream, Link, error) {
@@ -189,6 +197,7 @@ func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.Ke
 	if link.Master && k.store.StreamCount(st.ID) < int(st.QoS.MaxBuffer)/2 {
 		k.alloc.Wake()
 	}
+	k.observeStream(st.ID, start)
 	return container(keys), nil
 }
 
@@ -277,6 +286,7 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	if err != nil {
 		return nil, err
 	}
+	k.observeStream(streamID, start)
 	return container(keys), nil
 }
 

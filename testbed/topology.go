@@ -85,6 +85,8 @@ type KMMOverrides struct {
 	AllocPeriod       Duration `yaml:"alloc_period"`
 	DefaultKeyRate    int      `yaml:"default_key_rate"`
 	DefaultMaxBuffer  int      `yaml:"default_max_buffer"`
+	HistoryInterval   Duration `yaml:"history_interval"`
+	HistoryRetention  Duration `yaml:"history_retention"`
 }
 
 // Settings converts the overrides to the agent's type.
@@ -99,6 +101,8 @@ func (k KMMOverrides) Settings() agent.KMMSettings {
 		AllocPeriod:       agent.Duration(k.AllocPeriod),
 		DefaultKeyRate:    k.DefaultKeyRate,
 		DefaultMaxBuffer:  k.DefaultMaxBuffer,
+		HistoryInterval:   agent.Duration(k.HistoryInterval),
+		HistoryRetention:  agent.Duration(k.HistoryRetention),
 	}
 }
 
@@ -326,8 +330,11 @@ func (t *Topology) Validate() error {
 	if k.MinKeySize > 0 && k.MaxKeySize > 0 && k.MinKeySize > k.MaxKeySize {
 		return fmt.Errorf("kmm.min_key_size: %d is above max_key_size %d", k.MinKeySize, k.MaxKeySize)
 	}
-	if k.KeyLifetime < 0 || k.AllocPeriod < 0 {
-		return errors.New("kmm.key_lifetime and kmm.alloc_period must not be negative")
+	if k.KeyLifetime < 0 || k.AllocPeriod < 0 || k.HistoryInterval < 0 || k.HistoryRetention < 0 {
+		return errors.New("kmm.key_lifetime, kmm.alloc_period and kmm.history_* must not be negative")
+	}
+	if k.HistoryInterval > 0 && k.HistoryRetention > 0 && k.HistoryRetention < k.HistoryInterval {
+		return fmt.Errorf("kmm.history_retention %v is shorter than kmm.history_interval %v", time.Duration(k.HistoryRetention), time.Duration(k.HistoryInterval))
 	}
 	return nil
 }

@@ -70,7 +70,9 @@ func lookup(name string) *command {
 
 func commands() []*command { return commandList }
 
-var commandList = []*command{
+var commandList = append(baseCommands, historyCommand())
+
+var baseCommands = []*command{
 	{
 		name:    "status",
 		json:    `StatusResponse`,

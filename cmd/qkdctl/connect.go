@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -154,6 +155,7 @@ type call struct {
 	stop  context.CancelFunc
 	cl    *ctlclient.Client
 	addrs []string
+	tls   *tls.Config // for reaching node agents too (history)
 }
 
 func (c *cli) connect(ctx context.Context) (*call, error) {
@@ -169,7 +171,7 @@ func (c *cli) connect(ctx context.Context) (*call, error) {
 	if err != nil {
 		return nil, err
 	}
-	x := &call{cli: c, cl: cl, addrs: t.addrs}
+	x := &call{cli: c, cl: cl, addrs: t.addrs, tls: tlsCfg}
 	x.ctx, x.stop = context.WithTimeout(ctx, c.g.timeout)
 	return x, nil
 }

@@ -73,12 +73,22 @@ type LiveSource interface {
 	LiveStatus() map[string]*qkdv1.NodeStatus
 }
 
+// HistorySource adds a node's statistics history (an agent's Metric Store)
+// to its tree, as config-false history lists.
+type HistorySource interface {
+	// HistoryVersion changes whenever there is a new sample.
+	HistoryVersion() uint64
+	// AddHistory sets the history of node in t, a copy the server owns.
+	AddHistory(node string, t *qkd015.Node) error
+}
+
 // Server serves gNMI on the controller's network.
 type Server struct {
 	gnmipb.UnimplementedGNMIServer
 	r    Reader
 	p    Proposer
 	live LiveSource
+	hist HistorySource
 
 	mu    sync.Mutex
 	cache map[string]cached // encoded qkd_node trees by node
@@ -87,6 +97,7 @@ type Server struct {
 type cached struct {
 	at   uint64            // state.ChangedAt of the node when encoded
 	live *qkdv1.NodeStatus // the live report overlaid, if any
+	hist uint64            // HistoryVersion overlaid
 	doc  json.RawMessage
 }
 
@@ -96,6 +107,38 @@ func New(r Reader, p Proposer) *Server { return &Server{r: r, p: p, cache: map[s
 
 // WithLive overlays the agents' live reports on the trees served.
 func (s *Server) WithLive(l LiveSource) *Server { s.live = l; return s }
+
+// WithHistory adds the statistics history to the trees served.
+func (s *Server) WithHistory(h HistorySource) *Server { s.hist = h; return s }
+
+func (s *Server) histVersion() uint64 {
+	if s.hist == nil {
+		return 0
+	}
+	return s.hist.HistoryVersion()
+}
+
+// overlay returns node's tree t with its live report and history set in
+// its config-false leaves; t itself is not changed.
+func (s *Server) overlay(node string, t *qkd015.Node, live *qkdv1.NodeStatus) (*qkd015.Node, error) {
+	if s.hist == nil {
+		return overlay(t, live)
+	}
+	if live == nil {
+		// overlay returns t itself without a live report: copy it here.
+		cp, err := ygot.DeepCopy(t)
+		if err != nil {
+			return nil, err
+		}
+		t = cp.(*qkd015.Node)
+	} else {
+		var err error
+		if t, err = overlay(t, live); err != nil {
+			return nil, err
+		}
+	}
+	return t, s.hist.AddHistory(node, t)
+}
 
 // liveOf returns the live reports, or none.
 func (s *Server) liveOf() map[string]*qkdv1.NodeStatus {
@@ -147,7 +190,7 @@ func overlay(t *qkd015.Node, st *qkdv1.NodeStatus) (*qkd015.Node, error) {
 var Models = []*gnmipb.ModelData{
 	{Name: "etsi-qkd-sdn-node", Organization: "ETSI ISG QKD", Version: "2022-01-30"},
 	{Name: "etsi-qkd-node-types", Organization: "ETSI ISG QKD", Version: "2022-01-30"},
-	{Name: "qkdnet-sdn-ext", Organization: "qkdnet", Version: "2026-11-26"},
+	{Name: "qkdnet-sdn-ext", Organization: "qkdnet", Version: "2026-11-27"},
 }
 
 func authorize(ctx context.Context) error {
@@ -263,7 +306,7 @@ func (s *Server) value(st View, node string, p *gnmipb.Path, live *qkdv1.NodeSta
 	if len(elems) == 0 || (len(elems) == 1 && elems[0].GetName() == "qkd_node" && len(elems[0].GetKey()) == 0) {
 		return s.whole(st, node, t, live)
 	}
-	t, err := overlay(t, live)
+	t, err := s.overlay(node, t, live)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "overlay: %v", err)
 	}
@@ -292,14 +335,14 @@ func (s *Server) value(st View, node string, p *gnmipb.Path, live *qkdv1.NodeSta
 
 // whole is the node's whole tree, encoded once per change of the node.
 func (s *Server) whole(st View, node string, t *qkd015.Node, live *qkdv1.NodeStatus) ([]byte, error) {
-	at := st.ChangedAt(node)
+	at, hv := st.ChangedAt(node), s.histVersion()
 	s.mu.Lock()
 	c, ok := s.cache[node]
 	s.mu.Unlock()
-	if ok && c.at == at && at != 0 && c.live == live {
+	if ok && c.at == at && at != 0 && c.live == live && c.hist == hv {
 		return c.doc, nil
 	}
-	t, err := overlay(t, live)
+	t, err := s.overlay(node, t, live)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "overlay: %v", err)
 	}
@@ -308,7 +351,7 @@ func (s *Server) whole(st View, node string, t *qkd015.Node, live *qkdv1.NodeSta
 		return nil, status.Errorf(codes.Internal, "encode node %s: %v", node, err)
 	}
 	s.mu.Lock()
-	s.cache[node] = cached{at: at, live: live, doc: doc}
+	s.cache[node] = cached{at: at, live: live, hist: hv, doc: doc}
 	s.mu.Unlock()
 	return doc, nil
 }
@@ -444,7 +487,7 @@ func (s *Server) Subscribe(stream gnmipb.GNMI_SubscribeServer) error {
 	// The agents report every second: their values change without a
 	// commit, so ON_CHANGE also looks at them at that pace.
 	var liveTick <-chan time.Time
-	if s.live != nil {
+	if s.live != nil || s.hist != nil {
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		liveTick = t.C

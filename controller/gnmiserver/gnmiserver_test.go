@@ -10,6 +10,7 @@ import (
 	"time"
 
 	gnmipb "github.com/openconfig/gnmi/proto/gnmi"
+	"github.com/openconfig/ygot/ygot"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -20,6 +21,7 @@ import (
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/controller/gnmiserver"
 	"github.com/qkdnet/qkdnet/controller/state"
+	"github.com/qkdnet/qkdnet/gen/go/etsi015"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/pki"
 	"github.com/qkdnet/qkdnet/qkd015"
@@ -486,5 +488,61 @@ func TestLiveStateInTree(t *testing.T) {
 	live["A"] = &qkdv1.NodeStatus{Links: []*qkdv1.LinkStatus{{Link: "FSO_AB", Status: "OFF"}}}
 	if got := string(get("A", path("qkd_node", "qkd_links", "qkd_link[qkdl_id="+qkd015.LinkID("FSO_AB")+"]", "qkdl_status"))); !strings.Contains(got, "OFF") {
 		t.Errorf("status after the link went down = %s", got)
+	}
+}
+
+// historyOf adds one history sample per version to every link.
+type historyOf struct{ version uint64 }
+
+func (h *historyOf) HistoryVersion() uint64 { return h.version }
+func (h *historyOf) AddHistory(_ string, t *qkd015.Node) error {
+	for _, l := range qkd015.Links(t) {
+		for v := uint64(1); v <= h.version; v++ {
+			s := l.GetOrCreateHistory().GetOrCreateSample(fmt.Sprintf("2030-01-01T00:00:%02dZ", v))
+			s.KeysSupplied = ygot.Uint64(100 * v)
+		}
+	}
+	return nil
+}
+
+// TestHistoryInTree: a node's statistics history is in its tree, a new
+// sample is served at once (the encoded tree is not reused), and the state
+// itself is untouched.
+func TestHistoryInTree(t *testing.T) {
+	s := state.New()
+	for i, c := range []state.Command{
+		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "A"}},
+		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "B"}},
+		{Op: state.OpAddLink, Link: &state.LinkSpec{Name: "FSO_AB", A: "A", B: "B"}},
+	} {
+		if _, err := s.Apply(uint64(i+1), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h := &historyOf{version: 1}
+	srv := gnmiserver.New(fsmOf{s}, nil).WithHistory(h)
+	ctx := pki.WithCaller(context.Background(), pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	samples := func() map[string]*etsi015.EtsiQkdSdnNode_QkdNode_QkdLinks_QkdLink_History_Sample {
+		t.Helper()
+		r, err := srv.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Path: []*gnmipb.Path{{}}, Encoding: gnmipb.Encoding_JSON_IETF})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree, err := qkd015.Parse(r.GetNotification()[0].GetUpdate()[0].GetVal().GetJsonIetfVal())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return qkd015.Links(tree)[qkd015.LinkID("FSO_AB")].GetHistory().Sample
+	}
+	if got := samples(); len(got) != 1 || got["2030-01-01T00:00:01Z"].GetKeysSupplied() != 100 {
+		t.Fatalf("history = %v", got)
+	}
+	h.version = 2
+	if got := samples(); len(got) != 2 || got["2030-01-01T00:00:02Z"].GetKeysSupplied() != 200 {
+		t.Fatalf("history after a new sample = %v", got)
+	}
+	a, _ := s.Node("A")
+	if qkd015.Links(a)[qkd015.LinkID("FSO_AB")].GetHistory() != nil {
+		t.Error("the history was written into the state")
 	}
 }

@@ -54,6 +54,7 @@ var (
 	bucketStats   = []byte("stats")   // counter name → uint64
 	bucketLast    = []byte("last")    // link → key_IDs of the last batch the driver delivered
 	bucketRelayed = []byte("relayed") // stream 0x00 seq → when a relayed key arrived (receiving end)
+	bucketHistory = []byte("history") // unix nanoseconds → one statistics sample (Metric Store)
 )
 
 // QoS is what a key stream asks of the key allocation element.
@@ -203,7 +204,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // load creates the buckets and mirrors sizes, streams and counters in memory.
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast, bucketRelayed} {
+		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast, bucketRelayed, bucketHistory} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -459,6 +460,14 @@ func (s *Store) Counters() map[string]uint64 {
 // transaction as the step.
 func linkCounter(link, what string) string     { return "link/" + link + "/" + what }
 func streamCounter(stream, what string) string { return "stream/" + stream + "/" + what }
+
+// LinkCounter is the name of a link's counter in Counters ("supplied",
+// "allocated", "discarded", "expired").
+func LinkCounter(link, what string) string { return linkCounter(link, what) }
+
+// StreamCounter is the name of a stream's counter in Counters ("allocated",
+// "delivered_enc", "delivered_dec", "expired", ...).
+func StreamCounter(stream, what string) string { return streamCounter(stream, what) }
 
 // ParseCounter splits a counter name into scope ("link" or "stream"), the
 // link or stream ID, and what is counted.

@@ -32,6 +32,8 @@ type Stats struct {
 	streamKeys *prometheus.Desc
 	poolSize   *prometheus.Desc
 	streamSize *prometheus.Desc
+
+	lat latencies // per stream, for the history
 }
 
 // New returns the statistics of node, read from src; links lists the node's

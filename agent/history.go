@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"time"
+
+	"github.com/openconfig/ygot/ygot"
+
+	"github.com/qkdnet/qkdnet/kmm"
+	"github.com/qkdnet/qkdnet/kmm/stats"
+	"github.com/qkdnet/qkdnet/qkd015"
+)
+
+// nodeHistory serves the Statistics Manager's history (kept in the key
+// store's Metric Store) to gNMI as the history lists of the node's links
+// and applications (gnmiserver.HistorySource).
+type nodeHistory struct {
+	rec *stats.Recorder
+}
+
+// HistoryVersion implements gnmiserver.HistorySource.
+func (h *nodeHistory) HistoryVersion() uint64 { return h.rec.Version() }
+
+// AddHistory implements gnmiserver.HistorySource.
+func (h *nodeHistory) AddHistory(_ string, t *qkd015.Node) error {
+	samples, err := h.rec.Samples(time.Time{})
+	if err != nil || len(samples) == 0 {
+		return err
+	}
+	links := map[string]*qkd015.Link{} // by link name, as the KMM names links
+	for _, ql := range qkd015.Links(t) {
+		links[ql.GetLinkName()] = ql
+	}
+	apps := map[string]*qkd015.App{} // by the KMM's stream ID
+	for _, qa := range qkd015.Apps(t) {
+		master, ok1 := qkd015.SAEFromURI(qa.GetServerAppId())
+		if !ok1 || len(qa.ClientAppId) == 0 {
+			continue
+		}
+		if slave, ok2 := qkd015.SAEFromURI(qa.ClientAppId[0]); ok2 {
+			apps[kmm.StreamID(master, slave)] = qa
+		}
+	}
+	for _, smp := range samples {
+		at := ygot.String(smp.At.UTC().Format(time.RFC3339Nano))
+		iv := ygot.Uint32(uint32(smp.Interval + 0.5))
+		for _, ls := range smp.Links {
+			ql := links[ls.Link]
+			if ql == nil {
+				continue
+			}
+			s := ql.GetOrCreateHistory().GetOrCreateSample(*at)
+			s.Interval, s.KeysSupplied, s.KeysConsumed, s.PoolKeys = iv, ygot.Uint64(ls.Supplied), ygot.Uint64(ls.Consumed), ygot.Uint64(ls.Pool)
+			s.KeyRate = ygot.Float64(round3(ls.Rate))
+		}
+		for _, ss := range smp.Streams {
+			qa := apps[ss.Stream]
+			if qa == nil {
+				continue
+			}
+			s := qa.GetOrCreateHistory().GetOrCreateSample(*at)
+			s.Interval, s.KeysDelivered, s.KeysStored, s.Requests = iv, ygot.Uint64(ss.Delivered), ygot.Uint64(ss.Stored), ygot.Uint64(ss.Requests)
+			s.DeliveredRate, s.RequestedRate = ygot.Float64(round3(ss.DeliveredRate)), ygot.Float64(round3(ss.RequestedRate))
+			s.LatencyMean, s.LatencyMax = ygot.Float64(round3(ss.LatencyMean)), ygot.Float64(round3(ss.LatencyMax))
+		}
+	}
+	return nil
+}
+
+// round3 keeps the three fraction digits of the YANG decimal64 leaves.
+func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
