@@ -28,6 +28,7 @@ import (
 	"github.com/qkdnet/qkdnet/controller/gnmiserver"
 	"github.com/qkdnet/qkdnet/driver/emulator"
 	"github.com/qkdnet/qkdnet/driver/remote"
+	"github.com/qkdnet/qkdnet/internal/grpcmetrics"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/kmm"
 	"github.com/qkdnet/qkdnet/kmm/keystore"
@@ -123,10 +124,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
-	gs := grpc.NewServer(
+	grpcMetrics := grpcmetrics.New()
+	reg.MustRegister(grpcMetrics)
+	gs := grpc.NewServer(append(grpcMetrics.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	qkdv1.RegisterKeyServiceServer(gs, k)
 	qkdv1.RegisterKeyStreamServiceServer(gs, k)
 	// Operators read the node's own tree, with its live state, over gNMI.
@@ -140,6 +143,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	emu.Register(gs)
 	remoteSvc := remote.NewService(a.logger.With("part", "driver-service"), remote.WithNode(cfg.Node))
 	remoteSvc.Register(gs)
+	grpcMetrics.Init(gs)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

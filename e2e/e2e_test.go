@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -295,9 +296,44 @@ func TestEndToEnd(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		for _, want := range []string{"qkd_kmm_pool_keys", `qkd_kmm_stream_keys_total{event="delivered_enc"`, "qkd_etsi014_requests_total", `qkd_kmm_link_keys_total{event="supplied"`} {
+		for _, want := range []string{"qkd_kmm_pool_keys", `qkd_kmm_stream_keys_total{event="delivered_enc"`, "qkd_etsi014_requests_total", `qkd_kmm_link_keys_total{event="supplied"`,
+			`grpc_server_handling_seconds_bucket{grpc_method="GetStreamKey"`} {
 			if !bytes.Contains(b, []byte(want)) {
-				t.Errorf("metrics lack %s", want)
+				t.Errorf("agent metrics lack %s", want)
+			}
+		}
+		// gRPC: the Slave KMMs answered the Master's allocations.
+		allocs := 0.0
+		for _, k := range n.Endpoints().KMMs {
+			resp, err := http.Get(k.Metrics)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			const series = `grpc_server_handled_total{grpc_code="OK",grpc_method="Allocate",grpc_service="qkd.v1.KeySyncService",grpc_type="unary"} `
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, series); ok {
+					f, _ := strconv.ParseFloat(v, 64)
+					allocs += f
+				}
+			}
+		}
+		if allocs == 0 {
+			t.Error("no agent counts a KeySyncService.Allocate call answered OK in grpc_server_handled_total")
+		}
+		// Every controller replica: Raft state and its gRPC services.
+		for _, c := range n.Endpoints().Controllers {
+			resp, err := http.Get(c.Metrics)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, want := range []string{"raft_term", "raft_commit_index", `grpc_server_started_total{grpc_method="Session"`} {
+				if !bytes.Contains(b, []byte(want)) {
+					t.Errorf("controller %s metrics lack %s", c.ID, want)
+				}
 			}
 		}
 	})

@@ -31,6 +31,7 @@ import (
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/controller/dashboard"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/internal/grpcmetrics"
 	"github.com/qkdnet/qkdnet/internal/logflags"
 	"github.com/qkdnet/qkdnet/pki"
 )
@@ -140,8 +141,10 @@ func Run(ctx context.Context, o Options, logger *slog.Logger) error {
 	defer rep.Close()
 
 	ctl := controller.New(controller.Config{ID: o.ID, GRPCAddr: o.GRPCAddr, RaftAddr: o.RaftAddr}, rep.Raft, fsm, logger)
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
+	grpcMetrics := grpcmetrics.New()
+	srv := grpc.NewServer(append(grpcMetrics.ServerOptions(), grpc.Creds(credentials.NewTLS(serverTLS)))...)
 	ctl.Register(srv)
+	grpcMetrics.Init(srv)
 
 	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(grpcLn) }()
@@ -155,7 +158,7 @@ func Run(ctx context.Context, o Options, logger *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("metrics listen: %w", err)
 		}
-		metricsSrv = &http.Server{Handler: metricsHandler(ctl, rep.Raft), ReadHeaderTimeout: 5 * time.Second}
+		metricsSrv = &http.Server{Handler: metricsHandler(ctl, rep.Raft, grpcMetrics), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- err
@@ -222,10 +225,11 @@ func joinCluster(ctx context.Context, o Options, r *raft.Raft, tlsCfg *tls.Confi
 
 // metricsHandler serves Prometheus metrics of the replica and /healthz,
 // which answers 200 once the replica knows a leader.
-func metricsHandler(ctl *controller.Controller, r *raft.Raft) http.Handler {
+func metricsHandler(ctl *controller.Controller, r *raft.Raft, more ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(controller.NewCollector(ctl))
+	reg.MustRegister(more...)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	// The live network page; it carries no key material, like the metrics.
