@@ -2,6 +2,7 @@ package qkd015
 
 import (
 	"bytes"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -148,8 +149,27 @@ func Encode(n *Node) ([]byte, error) { return emit(n, nil) }
 // works on the copy Encode makes anyway.
 func EncodeEdited(n *Node, edit func(*Node)) ([]byte, error) { return emit(n, edit) }
 
-// emit is Marshal without validation.
+// emit is Marshal without validation: the direct encoder, or ygot's for a
+// tree the direct one does not handle.
 func emit(n *Node, edit func(*Node)) ([]byte, error) {
+	src := n
+	if edit != nil {
+		cp, err := ygot.DeepCopy(n)
+		if err != nil {
+			return nil, fmt.Errorf("qkd015: copy: %w", err)
+		}
+		src = cp.(*Node)
+		edit(src)
+	}
+	b, err := encodeDirect(src)
+	if !errors.Is(err, errSlowPath) {
+		return b, err
+	}
+	return emitYgot(src, nil)
+}
+
+// emitYgot is emit through ygot.ConstructIETFJSON.
+func emitYgot(n *Node, edit func(*Node)) ([]byte, error) {
 	cp, err := ygot.DeepCopy(n)
 	if err != nil {
 		return nil, fmt.Errorf("qkd015: copy: %w", err)

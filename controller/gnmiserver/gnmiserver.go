@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"reflect"
 	"strings"
 	"sync"
@@ -124,18 +125,13 @@ func (s *Server) overlay(node string, t *qkd015.Node, live *qkdv1.NodeStatus) (*
 	if s.hist == nil {
 		return overlay(t, live)
 	}
-	if live == nil {
-		// overlay returns t itself without a live report: copy it here.
-		cp, err := ygot.DeepCopy(t)
-		if err != nil {
-			return nil, err
-		}
-		t = cp.(*qkd015.Node)
-	} else {
-		var err error
-		if t, err = overlay(t, live); err != nil {
-			return nil, err
-		}
+	// AddHistory writes into the tree: give it a copy of its own.
+	cp, err := ygot.DeepCopy(t)
+	if err != nil {
+		return nil, err
+	}
+	if t, err = overlay(cp.(*qkd015.Node), live); err != nil {
+		return nil, err
 	}
 	return t, s.hist.AddHistory(node, t)
 }
@@ -150,40 +146,60 @@ func (s *Server) liveOf() map[string]*qkdv1.NodeStatus {
 
 // overlay returns t with the node's live report set in its config-false
 // leaves: link status, secret key rate, pool level and keys supplied, and
-// application status. t itself is not changed.
+// application status. t itself is not changed: what the report touches is
+// copied (the node, its link and application lists, the entries set), the
+// rest is shared with t, so a Get of a network whose agents all report
+// costs an encoding per node, not a deep copy of every tree.
 func overlay(t *qkd015.Node, st *qkdv1.NodeStatus) (*qkd015.Node, error) {
 	if st == nil {
 		return t, nil
 	}
-	cp, err := ygot.DeepCopy(t)
-	if err != nil {
-		return nil, err
-	}
-	out := cp.(*qkd015.Node)
-	for _, ls := range st.GetLinks() {
-		for _, ql := range qkd015.Links(out) {
-			if ql.GetLinkName() != ls.GetLink() {
+	out := *t
+	if links := t.GetQkdLinks(); links != nil && len(st.GetLinks()) > 0 {
+		byName := make(map[string]string, len(links.QkdLink))
+		for id, ql := range links.QkdLink {
+			byName[ql.GetLinkName()] = id
+		}
+		lc := *links
+		lc.QkdLink = maps.Clone(links.QkdLink)
+		out.QkdLinks = &lc
+		for _, ls := range st.GetLinks() {
+			id, ok := byName[ls.GetLink()]
+			if !ok {
 				continue
 			}
+			ql := *lc.QkdLink[id]
 			var status qkd015.LinkStatus
 			if qkd015.ParseEnum(ls.GetStatus(), &status) {
 				ql.QkdlStatus = status
 			}
-			perf := ql.GetOrCreateQkdlPerformance()
+			var perf etsi015.EtsiQkdSdnNode_QkdNode_QkdLinks_QkdLink_QkdlPerformance
+			if ql.QkdlPerformance != nil {
+				perf = *ql.QkdlPerformance
+			}
 			perf.Skr = ygot.Uint32(uint32(min(ls.GetSkr(), uint64(^uint32(0)))))
 			perf.PoolKeys = ygot.Uint64(ls.GetPoolKeys())
 			perf.KeysSupplied = ygot.Uint64(ls.GetKeysSupplied())
+			ql.QkdlPerformance = &perf
+			lc.QkdLink[id] = &ql
 		}
 	}
-	for _, as := range st.GetApplications() {
-		if qa := qkd015.Apps(out)[as.GetAppId()]; qa != nil {
+	if apps := t.GetQkdApplications(); apps != nil && len(st.GetApplications()) > 0 {
+		ac := *apps
+		ac.QkdApp = maps.Clone(apps.QkdApp)
+		out.QkdApplications = &ac
+		for _, as := range st.GetApplications() {
+			have := ac.QkdApp[as.GetAppId()]
 			var status qkd015.AppStatus
-			if qkd015.ParseEnum(as.GetStatus(), &status) {
-				qa.AppStatus = status
+			if have == nil || !qkd015.ParseEnum(as.GetStatus(), &status) {
+				continue
 			}
+			qa := *have
+			qa.AppStatus = status
+			ac.QkdApp[as.GetAppId()] = &qa
 		}
 	}
-	return out, nil
+	return &out, nil
 }
 
 // Models are the YANG modules the trees follow.
