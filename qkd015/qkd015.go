@@ -2,8 +2,8 @@ package qkd015
 
 import (
 	"bytes"
-	"errors"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
