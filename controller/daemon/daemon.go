@@ -61,7 +61,7 @@ func Main(name string, args []string, stderr io.Writer) int {
 	fs.StringVar(&o.ID, "id", "", "replica `ID` (Raft server ID), e.g. c1")
 	fs.StringVar(&o.GRPCAddr, "grpc", "127.0.0.1:7443", "`host:port` of the gRPC API (agents, operators, other replicas)")
 	fs.StringVar(&o.RaftAddr, "raft", "127.0.0.1:7543", "`host:port` of the Raft transport")
-	fs.StringVar(&o.MetricsAddr, "metrics", "", "`host:port` of Prometheus metrics, /healthz and the /dashboard/ page (off if empty)")
+	fs.StringVar(&o.MetricsAddr, "metrics", "", "`host:port` of Prometheus metrics, /healthz, /readyz and the /dashboard/ page (off if empty)")
 	fs.StringVar(&o.DataDir, "data-dir", "", "`dir` of the Raft log, stable store and snapshots")
 	fs.BoolVar(&o.Bootstrap, "bootstrap", false, "start a new cluster with this replica as its first voter (ignored if the data dir has Raft state)")
 	fs.StringVar(&join, "join", "", "comma-separated gRPC `addresses` of replicas to join through (the leader adds this one)")
@@ -220,8 +220,8 @@ func joinCluster(ctx context.Context, o Options, r *raft.Raft, tlsCfg *tls.Confi
 	logger.Info("joined the cluster", "via", cl.Leader())
 }
 
-// metricsHandler serves Prometheus metrics of the replica and /healthz,
-// which answers 200 once the replica knows a leader.
+// metricsHandler serves Prometheus metrics of the replica, /healthz and
+// /readyz.
 func metricsHandler(ctl *controller.Controller, r *raft.Raft) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -230,12 +230,39 @@ func metricsHandler(ctl *controller.Controller, r *raft.Raft) http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	// The live network page; it carries no key material, like the metrics.
 	mux.Handle("/dashboard/", http.StripPrefix("/dashboard", dashboard.Handler(ctl)))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if addr, _ := r.LeaderWithID(); addr == "" {
-			http.Error(w, "no leader known\n", http.StatusServiceUnavailable)
+	healthz, readyz := probes(r)
+	mux.HandleFunc("/healthz", healthz)
+	mux.HandleFunc("/readyz", readyz)
+	return mux
+}
+
+// raftState is what the probes read of the replica's Raft (*raft.Raft).
+type raftState interface {
+	State() raft.RaftState
+	LeaderWithID() (raft.ServerAddress, raft.ServerID)
+}
+
+// probes are the replica's liveness (/healthz: 200 unless its Raft has shut
+// down) and readiness (/readyz: 200 once it knows a leader) checks, each
+// answering 503 with a one-line reason. Liveness must not depend on the
+// other replicas: with "leader known" as liveness, losing a quorum would
+// make Kubernetes restart every replica, and a replica still joining would
+// be killed before it joined. Readiness keeps a replica that knows no
+// leader (it could only answer UNAVAILABLE) out of the client Service.
+func probes(r raftState) (healthz, readyz http.HandlerFunc) {
+	healthz = func(w http.ResponseWriter, _ *http.Request) {
+		if r.State() == raft.Shutdown {
+			http.Error(w, "raft has shut down", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))
-	})
-	return mux
+	}
+	readyz = func(w http.ResponseWriter, _ *http.Request) {
+		if addr, _ := r.LeaderWithID(); addr == "" {
+			http.Error(w, "no Raft leader known", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	}
+	return healthz, readyz
 }
