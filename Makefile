@@ -3,7 +3,7 @@
 GO ?= go
 STATE_DIR ?= .qkdnet
 
-.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build fuzz
+.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build fuzz image image-check k8s-manifests
 
 ## demo: start the paper's rooftops A-B-C (3 controller replicas, 3 nodes, 2 emulated QKD links) and watch SAE_A send to SAE_C through B
 demo:
@@ -71,3 +71,16 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./qkd015/
 	$(GO) test -run XXX -fuzz '^FuzzParseTopology$$' -fuzztime $(FUZZTIME) ./testbed/
 	$(GO) test -run XXX -fuzz '^FuzzKeyID$$' -fuzztime $(FUZZTIME) ./kmm/keystore/
+
+## image: build the container image (needs Docker with BuildKit); IMAGE names it
+IMAGE ?= qkdnet:dev
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+## image-check: without Docker, lint deploy/Dockerfile and build its binaries the same way to check they are static
+image-check:
+	$(GO) test -count=1 ./deploy/image/
+
+## k8s-manifests: re-render the Helm chart (deploy/helm/qkdnet) into deploy/k8s; `make test` fails while they are stale
+k8s-manifests:
+	$(GO) test -count=1 -run TestRendersFresh ./deploy/chart/ -update

@@ -162,6 +162,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	metricsMux.HandleFunc("/debug/pprof/", pprof.Index)
 	metricsMux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	metricsMux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	ready := readiness{store: store}
+	if ctl != nil {
+		ready.session = func() bool { sb := live.sb.Load(); return sb != nil && sb.up.Load() }
+	}
+	metricsMux.Handle("/readyz", ready)
 	metricsSrv := &http.Server{Handler: metricsMux, ReadHeaderTimeout: 10 * time.Second}
 
 	grpcLn, err := net.Listen("tcp", cfg.GRPCAddr)

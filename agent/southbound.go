@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -43,6 +44,10 @@ type southbound struct {
 
 	mu       sync.Mutex // guards lastRate
 	lastRate rateSample
+
+	// up is true while a Session with the leader has delivered its first
+	// push (the leader pushes on every new session): /readyz.
+	up atomic.Bool
 }
 
 // rateSample is the supplied-keys counters at one time, for the key rate.
@@ -169,6 +174,7 @@ func (s *southbound) session(ctx context.Context, cc *grpc.ClientConn) error {
 	if err != nil {
 		return err
 	}
+	defer s.up.Store(false)
 	var sendMu sync.Mutex
 	send := func(m *qkdv1.SessionRequest) error {
 		sendMu.Lock()
@@ -204,6 +210,7 @@ func (s *southbound) session(ctx context.Context, cc *grpc.ClientConn) error {
 		if err != nil {
 			return err
 		}
+		s.up.Store(true)
 		ack := &qkdv1.ConfigAck{ConfigVersion: p.GetConfigVersion()}
 		if err := s.apply(ctx, p); err != nil {
 			ack.Error = err.Error()

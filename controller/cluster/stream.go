@@ -36,8 +36,27 @@ func newTLSStream(addr string, server, client *tls.Config) (*tlsStream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: raft listen: %w", err)
 	}
-	return &tlsStream{Listener: ln, advertise: ln.Addr(), client: client}, nil
+	return &tlsStream{Listener: ln, advertise: advertised(addr, ln.Addr()), client: client}, nil
 }
+
+// advertised is the address other replicas are told to dial: addr itself
+// when it names a host (a stable DNS name, such as a StatefulSet Pod's,
+// whose IP changes when the Pod is rescheduled: the Raft configuration must
+// keep the name), else the address the listener got (an IP literal, or
+// port 0 in tests).
+func advertised(addr string, bound net.Addr) net.Addr {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" || port == "0" || net.ParseIP(host) != nil {
+		return bound
+	}
+	return hostAddr(addr)
+}
+
+// hostAddr is a TCP address given by host name.
+type hostAddr string
+
+func (a hostAddr) Network() string { return "tcp" }
+func (a hostAddr) String() string  { return string(a) }
 
 func controllerOnly(cs tls.ConnectionState) error {
 	id, err := pki.PeerIdentity(cs)

@@ -55,55 +55,9 @@ type Options struct {
 // Main is the replica's command line. args exclude the program name; it
 // returns the exit code: 0 after a clean stop, 1 on failure, 2 on bad usage.
 func Main(name string, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var o Options
-	var join, level, format string
-	fs.StringVar(&o.ID, "id", "", "replica `ID` (Raft server ID), e.g. c1")
-	fs.StringVar(&o.GRPCAddr, "grpc", "127.0.0.1:7443", "`host:port` of the gRPC API (agents, operators, other replicas)")
-	fs.StringVar(&o.RaftAddr, "raft", "127.0.0.1:7543", "`host:port` of the Raft transport")
-	fs.StringVar(&o.MetricsAddr, "metrics", "", "`host:port` of Prometheus metrics, /healthz and the /dashboard/ page (off if empty)")
-	fs.StringVar(&o.DataDir, "data-dir", "", "`dir` of the Raft log, stable store and snapshots")
-	fs.BoolVar(&o.Bootstrap, "bootstrap", false, "start a new cluster with this replica as its first voter (ignored if the data dir has Raft state)")
-	fs.StringVar(&join, "join", "", "comma-separated gRPC `addresses` of replicas to join through (the leader adds this one)")
-	fs.StringVar(&o.CA, "ca", "", "CA certificate `file` (PEM)")
-	fs.StringVar(&o.Cert, "cert", "", "this replica's controller certificate `file` (qkd://controller/<id>)")
-	fs.StringVar(&o.Key, "key", "", "its private key `file`")
-	fs.Uint64Var(&o.SnapshotThreshold, "snapshot-threshold", 0, "log `entries` between snapshots (0: raft's default, 8192)")
-	fs.StringVar(&level, "log-level", "info", "log `level`: debug, info, warn, error")
-	fs.StringVar(&format, "log-format", "text", "log `format`: text or json")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s --id ID --data-dir DIR --ca F --cert F --key F [--bootstrap | --join ADDRS] [flags]\n\n", name)
-		fmt.Fprintf(stderr, "Runs one replica of the Raft-replicated QKD SDN controller until SIGINT or SIGTERM.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
-		return 2
-	}
-	if join != "" {
-		o.Join = strings.Split(join, ",")
-	}
-	for _, req := range []struct{ flag, v string }{{"id", o.ID}, {"data-dir", o.DataDir}, {"ca", o.CA}, {"cert", o.Cert}, {"key", o.Key}} {
-		if req.v == "" {
-			fmt.Fprintf(stderr, "%s: --%s is required\n", name, req.flag)
-			return 2
-		}
-	}
-	if err := pki.ValidID(o.ID); err != nil {
-		fmt.Fprintf(stderr, "%s: --id: %v\n", name, err)
-		return 2
-	}
-	logger, err := logflags.New(stderr, level, format)
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return 2
+	o, logger, code := parseFlags(name, args, stderr)
+	if logger == nil {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -112,6 +66,68 @@ func Main(name string, args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// parseFlags reads the command line; without a logger, the command ends
+// with code.
+func parseFlags(name string, args []string, stderr io.Writer) (Options, *slog.Logger, int) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o Options
+	var join, level, format, bootstrapID string
+	fs.StringVar(&o.ID, "id", "", "replica `ID` (Raft server ID), e.g. c1")
+	fs.StringVar(&o.GRPCAddr, "grpc", "127.0.0.1:7443", "`host:port` of the gRPC API (agents, operators, other replicas)")
+	fs.StringVar(&o.RaftAddr, "raft", "127.0.0.1:7543", "`host:port` of the Raft transport")
+	fs.StringVar(&o.MetricsAddr, "metrics", "", "`host:port` of Prometheus metrics, /healthz, /readyz and the /dashboard/ page (off if empty)")
+	fs.StringVar(&o.DataDir, "data-dir", "", "`dir` of the Raft log, stable store and snapshots")
+	fs.BoolVar(&o.Bootstrap, "bootstrap", false, "start a new cluster with this replica as its first voter (ignored if the data dir has Raft state)")
+	fs.StringVar(&bootstrapID, "bootstrap-id", "", "bootstrap as --bootstrap if --id is this `ID`, else join: lets the replicas of a Kubernetes StatefulSet share one command line")
+	fs.StringVar(&join, "join", "", "comma-separated gRPC `addresses` of replicas to join through (the leader adds this one)")
+	fs.StringVar(&o.CA, "ca", "", "CA certificate `file` (PEM)")
+	fs.StringVar(&o.Cert, "cert", "", "this replica's controller certificate `file` (qkd://controller/<id>)")
+	fs.StringVar(&o.Key, "key", "", "its private key `file`")
+	fs.Uint64Var(&o.SnapshotThreshold, "snapshot-threshold", 0, "log `entries` between snapshots (0: raft's default, 8192)")
+	fs.StringVar(&level, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.StringVar(&format, "log-format", "text", "log `format`: text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s --id ID --data-dir DIR --ca F --cert F --key F [--bootstrap | --join ADDRS | --bootstrap-id ID --join ADDRS] [flags]\n\n", name)
+		fmt.Fprintf(stderr, "Runs one replica of the Raft-replicated QKD SDN controller until SIGINT or SIGTERM.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, nil, 0
+		}
+		return o, nil, 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
+		return o, nil, 2
+	}
+	if join != "" {
+		o.Join = strings.Split(join, ",")
+	}
+	for _, req := range []struct{ flag, v string }{{"id", o.ID}, {"data-dir", o.DataDir}, {"ca", o.CA}, {"cert", o.Cert}, {"key", o.Key}} {
+		if req.v == "" {
+			fmt.Fprintf(stderr, "%s: --%s is required\n", name, req.flag)
+			return o, nil, 2
+		}
+	}
+	if err := pki.ValidID(o.ID); err != nil {
+		fmt.Fprintf(stderr, "%s: --id: %v\n", name, err)
+		return o, nil, 2
+	}
+	if bootstrapID == o.ID {
+		// The first replica makes the cluster; its --join (the same list
+		// every replica gets) would only find itself already a member.
+		o.Bootstrap, o.Join = true, nil
+	}
+	logger, err := logflags.New(stderr, level, format)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return o, nil, 2
+	}
+	return o, logger, 0
 }
 
 // Run runs a replica until ctx is done.
@@ -223,8 +239,8 @@ func joinCluster(ctx context.Context, o Options, r *raft.Raft, tlsCfg *tls.Confi
 	logger.Info("joined the cluster", "via", cl.Leader())
 }
 
-// metricsHandler serves Prometheus metrics of the replica and /healthz,
-// which answers 200 once the replica knows a leader.
+// metricsHandler serves Prometheus metrics of the replica (and more, its
+// gRPC server's), /healthz and /readyz.
 func metricsHandler(ctl *controller.Controller, r *raft.Raft, more ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -234,12 +250,39 @@ func metricsHandler(ctl *controller.Controller, r *raft.Raft, more ...prometheus
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	// The live network page; it carries no key material, like the metrics.
 	mux.Handle("/dashboard/", http.StripPrefix("/dashboard", dashboard.Handler(ctl)))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if addr, _ := r.LeaderWithID(); addr == "" {
-			http.Error(w, "no leader known\n", http.StatusServiceUnavailable)
+	healthz, readyz := probes(r)
+	mux.HandleFunc("/healthz", healthz)
+	mux.HandleFunc("/readyz", readyz)
+	return mux
+}
+
+// raftState is what the probes read of the replica's Raft (*raft.Raft).
+type raftState interface {
+	State() raft.RaftState
+	LeaderWithID() (raft.ServerAddress, raft.ServerID)
+}
+
+// probes are the replica's liveness (/healthz: 200 unless its Raft has shut
+// down) and readiness (/readyz: 200 once it knows a leader) checks, each
+// answering 503 with a one-line reason. Liveness must not depend on the
+// other replicas: with "leader known" as liveness, losing a quorum would
+// make Kubernetes restart every replica, and a replica still joining would
+// be killed before it joined. Readiness keeps a replica that knows no
+// leader (it could only answer UNAVAILABLE) out of the client Service.
+func probes(r raftState) (healthz, readyz http.HandlerFunc) {
+	healthz = func(w http.ResponseWriter, _ *http.Request) {
+		if r.State() == raft.Shutdown {
+			http.Error(w, "raft has shut down", http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ok\n"))
-	})
-	return mux
+	}
+	readyz = func(w http.ResponseWriter, _ *http.Request) {
+		if addr, _ := r.LeaderWithID(); addr == "" {
+			http.Error(w, "no Raft leader known", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	}
+	return healthz, readyz
 }
