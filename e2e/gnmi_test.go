@@ -68,13 +68,23 @@ func TestGNMICLI(t *testing.T) {
 	// A's agent reports them (once a second).
 	perf := `prefix: <target: "A"> path: <elem: <name: "qkd_node"> elem: <name: "qkd_links"> elem: <name: "qkd_link" key: <key: "qkdl_id" value: "` +
 		qkd015.LinkID("FSO_AB") + `">>> encoding: JSON_IETF`
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		out := cli("-get", "-proto", perf)
-		if strings.Contains(out, "pool_keys") && strings.Contains(out, "ACTIVE") {
+	// Only the leader holds the agents' sessions: ask whichever replica
+	// leads now (a busy machine may have moved the leadership).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		at := addr
+		if id, err := n.Leader(ctx); err == nil {
+			for _, c := range ep.Controllers {
+				if c.ID == id {
+					at = c.GNMI
+				}
+			}
+		}
+		out, err := cliAt(at, "-get", "-proto", perf)
+		if err == nil && strings.Contains(out, "pool_keys") && strings.Contains(out, "ACTIVE") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no live state in A's link:\n%s", out)
+			t.Fatalf("no live state in A's link: %v\n%s", err, out)
 		}
 	}
 
