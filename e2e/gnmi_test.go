@@ -3,13 +3,19 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/qkdnet/qkdnet/etsi014client"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/pki"
 	"github.com/qkdnet/qkdnet/qkd015"
 	"github.com/qkdnet/qkdnet/testbed"
 )
@@ -108,6 +114,41 @@ func TestGNMICLI(t *testing.T) {
 	}
 
 	testHistory(ctx, t, n)
+	testOperatorGetsNoKeys(ctx, t, n)
+}
+
+// testOperatorGetsNoKeys: the operator certificate that may run the whole
+// network over gNMI gets no key: ETSI 014 answers 401 with the error
+// object, ETSI 004 and 014 over gRPC refuse it.
+func testOperatorGetsNoKeys(ctx context.Context, t *testing.T, n *testbed.Network) {
+	ep := n.Endpoints()
+	k, _ := ep.KMM("A")
+	c, err := etsi014client.NewFromFiles(k.URL, ep.CACert, ep.Operator.Cert, ep.Operator.Key, etsi014client.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if kc, err := c.EncKeys(ctx, "SAE_B", etsi014client.KeyRequest{Number: 1}); etsi014client.StatusCode(err) != http.StatusUnauthorized {
+		t.Errorf("enc_keys with the operator certificate: %v, %v; want 401", kc, err)
+	}
+	if kc, err := c.DecKeys(ctx, "SAE_B", "00000000-0000-0000-0000-000000000000"); etsi014client.StatusCode(err) != http.StatusUnauthorized {
+		t.Errorf("dec_keys with the operator certificate: %v, %v; want 401", kc, err)
+	}
+	cfg, err := pki.ClientTLS(ep.CACert, ep.Operator.Cert, ep.Operator.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(k.GRPC, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if r, err := qkdv1.NewKeyStreamServiceClient(cc).OpenConnect(ctx, &qkdv1.OpenConnectRequest{Source: uri("SAE_A"), Destination: uri("SAE_B")}); err == nil {
+		t.Errorf("ETSI 004 OPEN_CONNECT with the operator certificate: %v", r)
+	}
+	if r, err := qkdv1.NewKeyServiceClient(cc).GetKey(ctx, &qkdv1.GetKeyRequest{SlaveSaeId: "SAE_B"}); err == nil || len(r.GetKeys()) > 0 {
+		t.Errorf("ETSI 014 GetKey over gRPC with the operator certificate: %v, %v", r, err)
+	}
 }
 
 // testHistory gets keys from SAE_A to SAE_B, then reads node A's
