@@ -290,12 +290,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		resp, err := http.Get(kA.Metrics)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		b := scrape(t, kA.Metrics)
 		for _, want := range []string{"qkd_kmm_pool_keys", `qkd_kmm_stream_keys_total{event="delivered_enc"`, "qkd_etsi014_requests_total", `qkd_kmm_link_keys_total{event="supplied"`,
 			`grpc_server_handling_seconds_bucket{grpc_method="GetStreamKey"`} {
 			if !bytes.Contains(b, []byte(want)) {
@@ -305,12 +300,7 @@ func TestEndToEnd(t *testing.T) {
 		// gRPC: the Slave KMMs answered the Master's allocations.
 		allocs := 0.0
 		for _, k := range n.Endpoints().KMMs {
-			resp, err := http.Get(k.Metrics)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			b := scrape(t, k.Metrics)
 			const series = `grpc_server_handled_total{grpc_code="OK",grpc_method="Allocate",grpc_service="qkd.v1.KeySyncService",grpc_type="unary"} `
 			for _, line := range strings.Split(string(b), "\n") {
 				if v, ok := strings.CutPrefix(line, series); ok {
@@ -324,12 +314,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		// Every controller replica: Raft state and its gRPC services.
 		for _, c := range n.Endpoints().Controllers {
-			resp, err := http.Get(c.Metrics)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			b := scrape(t, c.Metrics)
 			for _, want := range []string{"raft_term", "raft_commit_index", `grpc_server_started_total{grpc_method="Session"`} {
 				if !bytes.Contains(b, []byte(want)) {
 					t.Errorf("controller %s metrics lack %s", c.ID, want)
@@ -337,6 +322,21 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+}
+
+// scrape reads a Prometheus metrics page.
+func scrape(t *testing.T, url string) []byte {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // served records what each SAE was given, to check the invariants.

@@ -236,28 +236,24 @@ func (h *nodeHistory) filter(link, app string, since time.Duration) {
 		return
 	}
 	cut := time.Now().Add(-since)
-	recent := func(ts string) bool {
-		at, err := time.Parse(time.RFC3339Nano, ts)
-		return err != nil || !at.Before(cut)
-	}
 	for name, ss := range h.Links {
-		var keep []linkSample
-		for _, s := range ss {
-			if recent(s.Time) {
-				keep = append(keep, s)
-			}
-		}
-		h.Links[name] = keep
+		h.Links[name] = keepSince(ss, cut, func(s linkSample) string { return s.Time })
 	}
 	for id, ss := range h.Apps {
-		var keep []appSample
-		for _, s := range ss {
-			if recent(s.Time) {
-				keep = append(keep, s)
-			}
-		}
-		h.Apps[id] = keep
+		h.Apps[id] = keepSince(ss, cut, func(s appSample) string { return s.Time })
 	}
+}
+
+// keepSince keeps the samples taken at or after cut (and those whose time does
+// not parse, rather than hide them).
+func keepSince[T any](ss []T, cut time.Time, at func(T) string) []T {
+	var keep []T
+	for _, s := range ss {
+		if t, err := time.Parse(time.RFC3339Nano, at(s)); err != nil || !t.Before(cut) {
+			keep = append(keep, s)
+		}
+	}
+	return keep
 }
 
 func printHistory(x *call, h *nodeHistory, both bool) error {

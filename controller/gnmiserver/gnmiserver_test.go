@@ -475,16 +475,7 @@ func (l liveOf) LiveStatus() map[string]*qkdv1.NodeStatus { return l }
 // TestLiveStateInTree: what the agents report is in the trees served, as
 // the config-false leaves of ETSI 015 (and qkdnet-sdn-ext's pool level).
 func TestLiveStateInTree(t *testing.T) {
-	s := state.New()
-	for i, c := range []state.Command{
-		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "A"}},
-		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "B"}},
-		{Op: state.OpAddLink, Link: &state.LinkSpec{Name: "FSO_AB", A: "A", B: "B"}},
-	} {
-		if _, err := s.Apply(uint64(i+1), c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := twoNodes(t)
 	live := liveOf{"A": {Links: []*qkdv1.LinkStatus{{Link: "FSO_AB", Status: "ACTIVE", Skr: 8192, PoolKeys: 42, KeysSupplied: 100}}}}
 	srv := gnmiserver.New(fsmOf{s}, nil).WithLive(live)
 	ctx := pki.WithCaller(context.Background(), pki.Identity{Kind: pki.KindOperator, ID: "ops"})
@@ -523,6 +514,22 @@ func TestLiveStateInTree(t *testing.T) {
 	}
 }
 
+// twoNodes is a state of nodes A and B joined by link FSO_AB.
+func twoNodes(t *testing.T) *state.State {
+	t.Helper()
+	s := state.New()
+	for i, c := range []state.Command{
+		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "A"}},
+		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "B"}},
+		{Op: state.OpAddLink, Link: &state.LinkSpec{Name: "FSO_AB", A: "A", B: "B"}},
+	} {
+		if _, err := s.Apply(uint64(i+1), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s
+}
+
 // historyOf adds one history sample per version to every link.
 type historyOf struct{ version uint64 }
 
@@ -541,16 +548,7 @@ func (h *historyOf) AddHistory(_ string, t *qkd015.Node) error {
 // sample is served at once (the encoded tree is not reused), and the state
 // itself is untouched.
 func TestHistoryInTree(t *testing.T) {
-	s := state.New()
-	for i, c := range []state.Command{
-		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "A"}},
-		{Op: state.OpAddNode, Node: &state.NodeSpec{Name: "B"}},
-		{Op: state.OpAddLink, Link: &state.LinkSpec{Name: "FSO_AB", A: "A", B: "B"}},
-	} {
-		if _, err := s.Apply(uint64(i+1), c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	s := twoNodes(t)
 	h := &historyOf{version: 1}
 	srv := gnmiserver.New(fsmOf{s}, nil).WithHistory(h)
 	ctx := pki.WithCaller(context.Background(), pki.Identity{Kind: pki.KindOperator, ID: "ops"})
