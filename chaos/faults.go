@@ -36,6 +36,10 @@ type injector struct {
 	disk    *tmpfsDisk        // nil when disk-full is skipped
 	log     func(msg string, args ...any)
 
+	// scale shrinks the hold times of runs shorter than a minute, so that
+	// a short run (the e2e test) still fits one fault of every kind.
+	scale float64
+
 	mu     sync.Mutex
 	counts map[string]int
 }
@@ -48,9 +52,13 @@ func hold(ctx context.Context, d time.Duration) {
 	}
 }
 
-// between is a random duration in [lo, hi).
+// between is a random duration in [lo, hi), scaled.
 func (in *injector) between(lo, hi time.Duration) time.Duration {
-	return lo + time.Duration(in.rng.Int64N(int64(hi-lo)))
+	d := lo + time.Duration(in.rng.Int64N(int64(hi-lo)))
+	if in.scale > 0 && in.scale < 1 {
+		d = time.Duration(float64(d) * in.scale)
+	}
+	return d
 }
 
 func (in *injector) nodes() []string {

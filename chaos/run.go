@@ -316,7 +316,8 @@ func Run(ctx context.Context, c Config) (*Report, error) {
 	var inj *injector
 	if c.Mode == ModeChaos {
 		inj = &injector{n: n, rng: rand.New(rand.NewPCG(c.Seed, c.Seed^0x9e3779b97f4a7c15)), proxies: proxies, disk: disk,
-			log: func(msg string, args ...any) { log.Info(msg, args...) }, counts: map[string]int{}}
+			log: func(msg string, args ...any) { log.Info(msg, args...) }, counts: map[string]int{},
+			scale: min(1, c.Duration.Seconds()/60)}
 		faultWG.Go(func() { faultErr = inj.run(runCtx, kinds) })
 	}
 
