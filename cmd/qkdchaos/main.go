@@ -159,7 +159,11 @@ func runMode(mode string, args []string, stdout, stderr io.Writer) int {
 		Window: *window, Warmup: *warmup, Executable: exe, Args: []string{"agent"}, ControllerArgs: []string{"controller"},
 		Logger: logger,
 	}
-	logger.Info("qkdchaos", "mode", mode, "seed", *seed, "duration", *duration, "repeat_with", fmt.Sprintf("--seed %d", *seed))
+	if mode == chaos.ModeChaos {
+		logger.Info("qkdchaos", "mode", mode, "seed", *seed, "duration", *duration, "repeat_with", fmt.Sprintf("--seed %d", *seed))
+	} else {
+		logger.Info("qkdchaos", "mode", mode, "duration", *duration)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
