@@ -2,8 +2,12 @@ package chaos
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,9 +28,32 @@ type meter struct {
 	start time.Time
 	width time.Duration
 	wins  []*window
+	// errs counts failed requests by what they said (key_IDs and addresses
+	// blanked), so a report says why requests failed, not just how often.
+	errs map[string]int
 }
 
-func newMeter(width time.Duration) *meter { return &meter{start: time.Now(), width: width} }
+func newMeter(width time.Duration) *meter {
+	return &meter{start: time.Now(), width: width, errs: map[string]int{}}
+}
+
+var (
+	uuidRE = regexp.MustCompile(`[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}`)
+	addrRE = regexp.MustCompile(`127\.0\.0\.1:\d+`)
+)
+
+// errClass is err with what varies from request to request blanked.
+func errClass(op string, err error) string {
+	msg := err.Error()
+	if e := (*etsi014client.Error)(nil); errors.As(err, &e) {
+		msg = fmt.Sprintf("HTTP %d: %s", e.StatusCode, e.Message)
+	}
+	msg = addrRE.ReplaceAllString(uuidRE.ReplaceAllString(msg, "<key_ID>"), "<addr>")
+	if len(msg) > 160 {
+		msg = msg[:160] + "..."
+	}
+	return op + ": " + msg
+}
 
 func (m *meter) win(t time.Time) *window {
 	i := max(0, int(t.Sub(m.start)/m.width))
@@ -51,8 +78,13 @@ func (m *meter) dec(lat time.Duration) {
 	m.mu.Unlock()
 }
 
-func (m *meter) fail(enc bool) {
+func (m *meter) fail(enc bool, err error) {
 	m.mu.Lock()
+	op := "dec_keys"
+	if enc {
+		op = "enc_keys"
+	}
+	m.errs[errClass(op, err)]++
 	w := m.win(time.Now())
 	if enc {
 		w.encErrs++
@@ -143,7 +175,7 @@ func (w *worker) run(stop <-chan struct{}) {
 			// A 503 (no key yet, peer down) or a KME that is down: the
 			// keys, if any were taken, never reached the SAE, so they are
 			// not its to miss.
-			w.meter.fail(true)
+			w.meter.fail(true, err)
 			pause(stop, 50*time.Millisecond)
 			continue
 		}
@@ -173,12 +205,12 @@ func (w *worker) run(stop <-chan struct{}) {
 			dc.Zero()
 		case etsi014client.StatusCode(err) == 0:
 			// No answer: the KME may have delivered them.
-			w.meter.fail(false)
+			w.meter.fail(false, err)
 			w.ledger.Inflight(ids)
 		default:
 			// An answer that refuses them (still on their way, KME
 			// unavailable): the settle phase asks again.
-			w.meter.fail(false)
+			w.meter.fail(false, err)
 		}
 	}
 }
@@ -206,4 +238,27 @@ func pause(stop <-chan struct{}, d time.Duration) {
 	case <-stop:
 	case <-time.After(d):
 	}
+}
+
+// ErrorCount is how many failed requests said one thing.
+type ErrorCount struct {
+	Error string `json:"error"`
+	Count int    `json:"count"`
+}
+
+// errors returns the failure classes, most frequent first.
+func (m *meter) errors() []ErrorCount {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []ErrorCount
+	for e, n := range m.errs {
+		out = append(out, ErrorCount{Error: e, Count: n})
+	}
+	slices.SortFunc(out, func(a, b ErrorCount) int {
+		if a.Count != b.Count {
+			return b.Count - a.Count
+		}
+		return strings.Compare(a.Error, b.Error)
+	})
+	return out
 }

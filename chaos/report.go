@@ -47,6 +47,16 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintf(tw, "GROWTH\t%s\t\n", g)
 		}
 	}
+	if len(r.Errors) > 0 {
+		fmt.Fprintln(tw, "\nfailed requests\tcount\t")
+		for i, e := range r.Errors {
+			if i == 10 {
+				fmt.Fprintf(tw, "... %d more kinds\t\t\n", len(r.Errors)-10)
+				break
+			}
+			fmt.Fprintf(tw, "%s\t%d\t\n", e.Error, e.Count)
+		}
+	}
 	fmt.Fprintln(tw, "\ninvariants\t\t")
 	fmt.Fprintf(tw, "keys delivered to master SAEs (enc_keys)\t%d\t\n", r.KeysEnc)
 	fmt.Fprintf(tw, "keys delivered to slave SAEs (dec_keys)\t%d\t\n", r.KeysDec)

@@ -77,6 +77,9 @@ type Report struct {
 	MemStart     []ProcSample `json:"mem_start,omitempty"`
 	MemEnd       []ProcSample `json:"mem_end,omitempty"`
 	Growth       []string     `json:"growth,omitempty"`
+	// Errors are the failed ETSI 014 requests of the load, by what they
+	// said (503s while keys run short are normal under load).
+	Errors []ErrorCount `json:"errors,omitempty"`
 	// Error is why the run could not finish (the network failed, a process
 	// would not restart); the invariants are then checked over what was
 	// delivered until then.
@@ -376,6 +379,7 @@ loop:
 	rep.KeysEnc, rep.KeysDec = ledger.Counts()
 	rep.Violations = ledger.Violations()
 	rep.Windows = meter.windows(end)
+	rep.Errors = meter.errors()
 	return rep, nil
 }
 
