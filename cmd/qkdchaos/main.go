@@ -27,6 +27,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -147,6 +148,16 @@ func runMode(mode string, args []string, stdout, stderr io.Writer) int {
 		if k = strings.TrimSpace(k); k != "" {
 			kinds = append(kinds, k)
 		}
+	}
+	for _, k := range kinds {
+		if !slices.Contains(chaos.FaultKinds, k) {
+			fmt.Fprintf(stderr, "qkdchaos %s: --faults: unknown kind %q (want some of %s)\n", mode, k, strings.Join(chaos.FaultKinds, ","))
+			return 2
+		}
+	}
+	if *duration <= 0 || *workers <= 0 || *number <= 0 || *keyRate <= 0 || *window <= 0 {
+		fmt.Fprintf(stderr, "qkdchaos %s: --duration, --workers, --number, --key-rate and --window must be positive\n", mode)
+		return 2
 	}
 	exe, err := os.Executable()
 	if err != nil {
