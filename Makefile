@@ -3,7 +3,7 @@
 GO ?= go
 STATE_DIR ?= .qkdnet
 
-.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build fuzz image image-check k8s-manifests
+.PHONY: demo test test-race lint gen check-generated bench bench-controller bench-relay build fuzz image image-check k8s-manifests chaos soak
 
 ## demo: start the paper's rooftops A-B-C (3 controller replicas, 3 nodes, 2 emulated QKD links) and watch SAE_A send to SAE_C through B
 demo:
@@ -16,6 +16,19 @@ test:
 ## test-race: every test under the race detector, the e2e agents and controllers too
 test-race:
 	QKDNET_E2E_RACE=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+## chaos: run the rooftops network under ETSI 014 load for CHAOS_DURATION (default 90s) while killing, pausing,
+## disk-filling and partitioning its processes at random (CHAOS_SEED to replay a run); fails on any invariant violation
+CHAOS_DURATION ?= 90s
+CHAOS_SEED ?= 0
+chaos:
+	$(GO) run ./cmd/qkdchaos chaos --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED)
+
+## soak: the same network under steady load for SOAK_DURATION (default 10m): memory and goroutines at start and end,
+## keys/s and latency percentiles per minute
+SOAK_DURATION ?= 10m
+soak:
+	$(GO) run ./cmd/qkdchaos soak --duration $(SOAK_DURATION)
 
 ## bench-relay: one hop vs two hops through a relay node, and ETSI 004 OPEN_CONNECT to first key
 bench-relay:

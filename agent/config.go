@@ -23,6 +23,12 @@ type Config struct {
 	RESTAddr string `json:"rest_addr"`
 	// GRPCAddr serves gRPC with mutual TLS: KMM peers, drivers, 014 over gRPC.
 	GRPCAddr string `json:"grpc_addr"`
+	// AdvertiseGRPCAddr is the address this node registers with the
+	// controller, i.e. where its peer KMMs (key sync, relay, the emulated
+	// QKD channel) dial it. Default GRPCAddr. It differs when something sits
+	// between the KMMs, e.g. the TCP proxy through which `qkdchaos` cuts
+	// inter-KMM connections.
+	AdvertiseGRPCAddr string `json:"advertise_grpc_addr,omitempty"`
 	// MetricsAddr serves Prometheus metrics over plain HTTP (no key material).
 	MetricsAddr string `json:"metrics_addr"`
 	// Controllers are the gRPC addresses of the controller replicas. With
@@ -163,6 +169,15 @@ func LoadConfig(path string) (Config, error) {
 		return c, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
+}
+
+// PeerAddr is the gRPC address this node's peers dial: AdvertiseGRPCAddr,
+// or GRPCAddr without it.
+func (c *Config) PeerAddr() string {
+	if c.AdvertiseGRPCAddr != "" {
+		return c.AdvertiseGRPCAddr
+	}
+	return c.GRPCAddr
 }
 
 // Validate reports the first thing wrong with c, naming the field.

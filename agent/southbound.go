@@ -112,7 +112,7 @@ func (s *southbound) connectApp(ctx context.Context, id, sae string, on bool) er
 
 func (s *southbound) register(ctx context.Context) error {
 	req := &qkdv1.RegisterRequest{
-		Node: s.cfg.Node, KmeId: s.cfg.KMEID, AgentAddress: s.cfg.GRPCAddr, Version: "qkdnet",
+		Node: s.cfg.Node, KmeId: s.cfg.KMEID, AgentAddress: s.cfg.PeerAddr(), Version: "qkdnet",
 		Capabilities: &qkdv1.Capabilities{LinkStatsSupport: true, ApplicationStatsSupport: true},
 	}
 	for _, l := range s.cfg.Topology.Links {

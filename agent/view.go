@@ -238,6 +238,10 @@ func (c *controlled) watch() (*view, <-chan struct{}) {
 	return c.v, c.changed
 }
 
+// Configured implements kmm.Configured: a pushed configuration (Raft
+// index >= 1) has been applied since the agent started.
+func (c *controlled) Configured() bool { return c.view().version > 0 }
+
 // SAENode implements kmm.Topology.
 func (c *controlled) SAENode(id string) (string, bool) { n, ok := c.view().saes[id]; return n, ok }
 

@@ -144,3 +144,25 @@ func TestControlledOpenWaitsForPush(t *testing.T) {
 		t.Error("Open returned without the application")
 	}
 }
+
+// TestControlledConfigured: an agent knows no SAE between its start and
+// the controller's first push; Configured says so, so that the KMM answers
+// 503 (retry) rather than 401 then.
+func TestControlledConfigured(t *testing.T) {
+	c := newControlled("B")
+	var _ kmm.Configured = c
+	if c.Configured() {
+		t.Fatal("configured before any push")
+	}
+	v, err := viewOf("B", 8, pushed(t, "B", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.set(v)
+	if !c.Configured() {
+		t.Fatal("not configured after a push")
+	}
+	if n, ok := c.SAENode("SAE_B"); !ok || n != "B" {
+		t.Fatalf("SAE_B at %q (%v)", n, ok)
+	}
+}

@@ -32,6 +32,9 @@ func (k *KMM) caller(ctx context.Context) (string, error) {
 		return "", unauthorized(fmt.Sprintf("certificate identifies %s, not an SAE", id))
 	}
 	node, ok := k.topo.SAENode(id.ID)
+	if c, can := k.topo.(Configured); !ok && can && !c.Configured() {
+		return "", unavailable(fmt.Sprintf("%s has not received its configuration from the controller yet; retry", k.set.KMEID))
+	}
 	if !ok || node != k.set.Node {
 		return "", unauthorized(fmt.Sprintf("SAE %q is not attached to %s", id.ID, k.set.KMEID))
 	}

@@ -431,3 +431,40 @@ func TestGetStatusBadRequest(t *testing.T) {
 		})
 	}
 }
+
+// unconfiguredTopo is a topology that has had no configuration yet, as an
+// agent's between its restart and the controller's first push.
+type unconfiguredTopo struct {
+	*testTopo
+	ready bool
+}
+
+func (u *unconfiguredTopo) SAENode(sae string) (string, bool) {
+	if !u.ready {
+		return "", false
+	}
+	return u.testTopo.SAENode(sae)
+}
+
+func (u *unconfiguredTopo) Configured() bool { return u.ready }
+
+// TestNotConfiguredYet: a KMM whose topology has not been configured yet
+// answers its SAEs 503 (retry), not 401, which a client takes as final; this
+// is what qkdchaos saw after agent restarts. Once configured, the same SAE is
+// served, and an SAE of another node is refused with 401 as before.
+func TestNotConfiguredYet(t *testing.T) {
+	p := newTestPair(t, nil)
+	p.supply(t, 10)
+	topo := &unconfiguredTopo{testTopo: newTopo("A", "B", true)}
+	p.a.k.topo = topo
+	_, err := enc(t, p.a, saeA, saeB, 1, 256)
+	checkErr(t, err, codes.Unavailable, "")
+	_, err = p.a.k.GetStatus(asSAE(t, saeA), &qkdv1.GetStatusRequest{SlaveSaeId: saeB})
+	checkErr(t, err, codes.Unavailable, "")
+	topo.ready = true
+	if _, err := enc(t, p.a, saeA, saeB, 1, 256); err != nil {
+		t.Fatalf("enc_keys once configured: %v", err)
+	}
+	_, err = enc(t, p.a, saeB, saeA, 1, 256)
+	checkErr(t, err, codes.Unauthenticated, "")
+}

@@ -53,6 +53,15 @@ type Topology interface {
 	KMEID(node string) (string, bool)
 }
 
+// Configured is implemented by a Topology that can be empty for a while: an
+// agent run by a controller knows no SAE from its restart until the
+// controller's first push. Until then an SAE the KMM does not know may well
+// be attached here, so it is told to retry (503), not that it is refused
+// (401), which clients take as final.
+type Configured interface {
+	Configured() bool
+}
+
 // Apps is where key streams come from when a controller runs the network
 // (paper steps 3-6): the KMM asks it for the application joining a master
 // SAE to a slave SAE, and the controller pushes it to both KMMs.

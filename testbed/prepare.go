@@ -62,6 +62,11 @@ type Options struct {
 	// StopTimeout bounds the wait for an agent to exit after SIGTERM,
 	// before it gets SIGKILL. Default 10 s.
 	StopTimeout time.Duration
+	// PeerAddrs, by node ID, replace the gRPC address a node's peer KMMs
+	// dial (agent advertise_grpc_addr), so a proxy can sit between KMMs;
+	// the proxy must forward to the node's own gRPC port (PortPlan).
+	// Probes, SAEs and endpoints.json still use the node's own port.
+	PeerAddrs map[string]string
 }
 
 func (o *Options) defaults() error {
@@ -256,7 +261,11 @@ func prepare(opts *Options) (*Plan, error) {
 	}
 	var topoNodes []agent.Node
 	for i, n := range top.Nodes {
-		topoNodes = append(topoNodes, agent.Node{ID: n.ID, KMEID: n.KMEID, GRPCAddr: loopback(ports[i].GRPC)})
+		addr := loopback(ports[i].GRPC)
+		if a, ok := opts.PeerAddrs[n.ID]; ok {
+			addr = a
+		}
+		topoNodes = append(topoNodes, agent.Node{ID: n.ID, KMEID: n.KMEID, GRPCAddr: addr})
 	}
 	var saes []agent.SAE
 	for _, s := range top.SAEs {
@@ -298,15 +307,16 @@ func prepare(opts *Options) (*Plan, error) {
 		}
 		nf := nodeFiles[n.ID]
 		cfg := agent.Config{
-			Node:        n.ID,
-			KMEID:       n.KMEID,
-			DataDir:     dataDir,
-			RESTAddr:    loopback(ports[i].REST),
-			GRPCAddr:    loopback(ports[i].GRPC),
-			MetricsAddr: loopback(ports[i].Metrics),
-			TLS:         agent.TLSFiles{CA: ca.Files().Cert, Cert: nf.Cert, Key: nf.Key},
-			KMM:         kmm,
-			Topology:    agent.Topology{Nodes: topoNodes, Links: links, SAEs: saes},
+			Node:              n.ID,
+			KMEID:             n.KMEID,
+			DataDir:           dataDir,
+			RESTAddr:          loopback(ports[i].REST),
+			GRPCAddr:          loopback(ports[i].GRPC),
+			MetricsAddr:       loopback(ports[i].Metrics),
+			AdvertiseGRPCAddr: opts.PeerAddrs[n.ID],
+			TLS:               agent.TLSFiles{CA: ca.Files().Cert, Cert: nf.Cert, Key: nf.Key},
+			KMM:               kmm,
+			Topology:          agent.Topology{Nodes: topoNodes, Links: links, SAEs: saes},
 		}
 		if opts.Controllers > 0 {
 			// The controller owns the network: the agent keeps only its

@@ -186,3 +186,37 @@ func TestPrepareAndEndpointsContract(t *testing.T) {
 		t.Error("key rate override leaked into a later Prepare")
 	}
 }
+
+// TestPreparePeerAddrs: a node given a peer address advertises it (what the
+// controller tells its peers to dial), and static topologies list it for
+// the peers; its own listeners and endpoints.json keep its real port.
+func TestPreparePeerAddrs(t *testing.T) {
+	for _, controllers := range []int{0, 1} {
+		plan, err := Prepare(Options{StateDir: t.TempDir(), BasePort: 30000, Controllers: controllers,
+			PeerAddrs: map[string]string{"B": "127.0.0.1:45678"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := plan.Node("A")
+		b, _ := plan.Node("B")
+		if b.Config.AdvertiseGRPCAddr != "127.0.0.1:45678" || b.Config.PeerAddr() != "127.0.0.1:45678" {
+			t.Errorf("controllers=%d: B advertises %q", controllers, b.Config.PeerAddr())
+		}
+		if b.Config.GRPCAddr != "127.0.0.1:31001" {
+			t.Errorf("controllers=%d: B listens on %s", controllers, b.Config.GRPCAddr)
+		}
+		if a.Config.PeerAddr() != a.Config.GRPCAddr {
+			t.Errorf("controllers=%d: A, without a peer address, advertises %s", controllers, a.Config.PeerAddr())
+		}
+		if k, _ := plan.Endpoints.KMM("B"); k.GRPC != "127.0.0.1:31001" {
+			t.Errorf("controllers=%d: endpoints.json B grpc %s", controllers, k.GRPC)
+		}
+		if controllers == 0 {
+			for _, nd := range a.Config.Topology.Nodes {
+				if nd.ID == "B" && nd.GRPCAddr != "127.0.0.1:45678" {
+					t.Errorf("A's static topology dials B at %s", nd.GRPCAddr)
+				}
+			}
+		}
+	}
+}
