@@ -88,7 +88,10 @@ func TestSAELimitsOverGRPC(t *testing.T) {
 	}
 	for _, call := range []func() error{
 		func() error { _, err := keys.GetStatus(ctx, &qkdv1.GetStatusRequest{SlaveSaeId: "SAE_B"}); return err },
-		func() error { _, err := streams.CloseStream(ctx, &qkdv1.CloseStreamRequest{KeyStreamId: "x"}); return err },
+		func() error {
+			_, err := streams.CloseStream(ctx, &qkdv1.CloseStreamRequest{KeyStreamId: "x"})
+			return err
+		},
 	} {
 		err := call()
 		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "SAE_A is over its request limit") {
