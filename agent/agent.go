@@ -125,6 +125,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(maxGRPCMessage),
 		grpc.ChainUnaryInterceptor(saeLimits(limiter)),
+		grpc.ForceServerCodecV2(newZeroingCodec()),
 	)
 	qkdv1.RegisterKeyServiceServer(gs, k)
 	qkdv1.RegisterKeyStreamServiceServer(gs, k)

@@ -6,6 +6,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -51,4 +54,21 @@ func saeLimits(l *ratelimit.Limiter) grpc.UnaryServerInterceptor {
 		}
 		return handler(ctx, req)
 	}
+}
+
+// zeroingCodec is the gRPC server's protobuf codec, which also zeroes the
+// keys of an ETSI 014/004 response once it is encoded (gateway.ZeroKeys):
+// the server is the last reader of a response the KMM made for one call.
+// The encoded message lives on in gRPC's pooled buffers, which Go gives no
+// way to wipe; this removes the plaintext the KMM itself handed over.
+type zeroingCodec struct{ encoding.CodecV2 }
+
+func (c zeroingCodec) Marshal(v any) (mem.BufferSlice, error) {
+	out, err := c.CodecV2.Marshal(v)
+	gateway.ZeroKeys(v)
+	return out, err
+}
+
+func newZeroingCodec() zeroingCodec {
+	return zeroingCodec{encoding.GetCodecV2(protoenc.Name)}
 }

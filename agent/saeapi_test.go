@@ -23,7 +23,8 @@ type saeStub struct {
 	qkdv1.UnimplementedKeyServiceServer
 	qkdv1.UnimplementedKeyStreamServiceServer
 	qkdv1.UnimplementedKeySyncServiceServer
-	calls int
+	calls  int
+	served *qkdv1.KeyContainer // the last key container answered
 }
 
 func (s *saeStub) GetStatus(context.Context, *qkdv1.GetStatusRequest) (*qkdv1.Status, error) {
@@ -33,7 +34,8 @@ func (s *saeStub) GetStatus(context.Context, *qkdv1.GetStatusRequest) (*qkdv1.St
 
 func (s *saeStub) GetKeyWithKeyIDs(context.Context, *qkdv1.GetKeyWithKeyIDsRequest) (*qkdv1.KeyContainer, error) {
 	s.calls++
-	return &qkdv1.KeyContainer{}, nil
+	s.served = &qkdv1.KeyContainer{Keys: []*qkdv1.Key{{KeyId: "k", Key: []byte{1, 2, 3}}}}
+	return s.served, nil
 }
 
 func (s *saeStub) CloseStream(context.Context, *qkdv1.CloseStreamRequest) (*qkdv1.CloseStreamResponse, error) {
@@ -57,7 +59,7 @@ func TestSAELimitsOverGRPC(t *testing.T) {
 		return h(pki.WithCaller(ctx, caller), req)
 	}
 	stub := &saeStub{}
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(inject), grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.ChainUnaryInterceptor(saeLimits(lim)))
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(inject), grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.ChainUnaryInterceptor(saeLimits(lim)), grpc.ForceServerCodecV2(newZeroingCodec()))
 	qkdv1.RegisterKeyServiceServer(srv, stub)
 	qkdv1.RegisterKeyStreamServiceServer(srv, stub)
 	qkdv1.RegisterKeySyncServiceServer(srv, stub)
@@ -138,8 +140,13 @@ func TestSAELimitsOverGRPC(t *testing.T) {
 	// The largest legitimate dec_keys (1024 key_IDs) passes.
 	caller = pki.Identity{Kind: pki.KindSAE, ID: "SAE_A"}
 	big.KeyIds = big.KeyIds[:1024]
-	if _, err := keys.GetKeyWithKeyIDs(ctx, big); err != nil {
-		t.Errorf("dec_keys of 1024 key_IDs: %v", err)
+	got, err := keys.GetKeyWithKeyIDs(ctx, big)
+	if err != nil || len(got.GetKeys()) != 1 || string(got.GetKeys()[0].GetKey()) != "\x01\x02\x03" {
+		t.Errorf("dec_keys of 1024 key_IDs: %v, %v", got, err)
+	}
+	// The server zeroed the plaintext the service handed it, after sending it.
+	if k := stub.served.GetKeys()[0].GetKey(); string(k) != "\x00\x00\x00" {
+		t.Errorf("the served key is still %v in the service's memory", k)
 	}
 	if stub.calls != before+1 {
 		t.Errorf("the service got %d of the oversized calls", stub.calls-before-1)
