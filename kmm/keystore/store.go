@@ -247,6 +247,7 @@ func (s *Store) Close() error {
 		s.writerWG.Wait()
 		s.log.close()
 		err = s.db.Close()
+		s.seal.wipe()
 	})
 	return err
 }
