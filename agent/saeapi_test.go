@@ -152,3 +152,23 @@ func TestSAELimitsOverGRPC(t *testing.T) {
 		t.Errorf("the service got %d of the oversized calls", stub.calls-before-1)
 	}
 }
+
+func TestSAELimiterFromConfig(t *testing.T) {
+	for _, tc := range []struct {
+		cfg         *RateLimit
+		rate        float64
+		burst       int
+		unlimited   bool
+		description string
+	}{
+		{nil, ratelimit.DefaultRate, ratelimit.DefaultBurst, false, "unset: the defaults"},
+		{&RateLimit{Burst: 7}, ratelimit.DefaultRate, 7, false, "burst only"},
+		{&RateLimit{RequestsPerSecond: 50}, 50, ratelimit.DefaultBurst, false, "rate only"},
+		{&RateLimit{RequestsPerSecond: -1}, 0, 0, true, "negative: off"},
+	} {
+		l := saeLimiter(tc.cfg)
+		if (l == nil) != tc.unlimited || l.Rate() != tc.rate || l.Burst() != tc.burst {
+			t.Errorf("%s: rate %v burst %v (nil %v)", tc.description, l.Rate(), l.Burst(), l == nil)
+		}
+	}
+}
