@@ -229,3 +229,45 @@ func snapsEqual(a, b storeSnap) bool {
 	}
 	return true
 }
+
+// TestPeerMessageRefusedAsInvalid: a peer's batch or relay that cannot be
+// right is answered INVALID_ARGUMENT (not UNAVAILABLE, which says "retry
+// the same message"), and changes nothing. Found by FuzzPeerMessages.
+func TestPeerMessageRefusedAsInvalid(t *testing.T) {
+	p := newTestPair(t, nil)
+	keys := p.supply(t, 8)
+	b := p.b
+	b.k.SetRelays([]RelayPlan{{Stream: peerFuzzRelay, In: &RelayHop{Stream: peerFuzzPads, Link: linkAB, Peer: "A"}}})
+	stPads := keysync.ToProto(keystore.Stream{ID: peerFuzzPads, MasterSAE: "SAE_X", SlaveSAE: saeB, Link: linkAB})
+	if _, err := b.k.Apply(context.Background(), "A", "pads", keysync.FromProto(stPads), 0, []string{keys[0].id, keys[1].id}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := p.a.peers.KeySync("B")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := snapStore(t, b.store, peerFuzzRelay)
+	ctx := asCaller(t, pki.Identity{Kind: pki.KindNode, ID: "A"})
+	stAB := keysync.ToProto(keystore.Stream{ID: StreamID(saeA, saeB), MasterSAE: saeA, SlaveSAE: saeB, Link: linkAB})
+	for _, tc := range []struct {
+		desc string
+		call func() error
+	}{
+		{"batch past the last sequence number", func() error {
+			_, err := cl.Allocate(ctx, &qkdv1.AllocateRequest{BatchId: "x1", Stream: stAB, FirstSeq: ^uint64(0) - 1, KeyIds: []string{keys[2].id, keys[3].id}})
+			return err
+		}},
+		{"relayed key of another size than its pad", func() error {
+			_, err := cl.Relay(ctx, &qkdv1.RelayRequest{StreamId: peerFuzzRelay, HopStreamId: peerFuzzPads,
+				Keys: []*qkdv1.RelayedKey{{Seq: 1, KeyId: "k", Z: []byte{1, 2, 3}, Check: []byte{1}}}})
+			return err
+		}},
+	} {
+		if err := tc.call(); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want INVALID_ARGUMENT", tc.desc, err)
+		}
+	}
+	if !snapsEqual(before, snapStore(t, b.store, peerFuzzRelay)) {
+		t.Error("a refused message changed the store")
+	}
+}
