@@ -30,7 +30,7 @@ func AgentMain(name string, args []string, stderr io.Writer) int {
 	saeRate := fs.Float64("sae-rate", 0, "requests per second each SAE may make on the SAE API (ETSI 014, 004); 0: the config's sae_rate_limit or 5000; negative: no limit")
 	saeBurst := fs.Int("sae-burst", 0, "burst of requests each SAE may make at once; 0: the config's or 1000")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s --config FILE [--log-level L] [--log-format text|json]\n\n", name)
+		fmt.Fprintf(stderr, "Usage: %s --config FILE [--log-level L] [--log-format text|json] [--sae-rate R] [--sae-burst B]\n\n", name)
 		fmt.Fprintf(stderr, "Runs one trusted node's agent (KMM, QKD drivers, ETSI 014 REST and gRPC, metrics)\nuntil SIGINT or SIGTERM.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
