@@ -84,6 +84,9 @@ fuzz:
 	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./qkd015/
 	$(GO) test -run XXX -fuzz '^FuzzParseTopology$$' -fuzztime $(FUZZTIME) ./testbed/
 	$(GO) test -run XXX -fuzz '^FuzzKeyID$$' -fuzztime $(FUZZTIME) ./kmm/keystore/
+	$(GO) test -run XXX -fuzz '^Fuzz004$$' -fuzztime $(FUZZTIME) ./kmm/
+	$(GO) test -run XXX -fuzz '^FuzzPeerMessages$$' -fuzztime $(FUZZTIME) ./kmm/
+	$(GO) test -run XXX -fuzz '^FuzzGNMI$$' -fuzztime $(FUZZTIME) ./controller/gnmiserver/
 
 ## image: build the container image (needs Docker with BuildKit); IMAGE names it
 IMAGE ?= qkdnet:dev

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/qkdnet/qkdnet/agent/gateway"
+	"github.com/qkdnet/qkdnet/agent/ratelimit"
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/controller/gnmiserver"
 	"github.com/qkdnet/qkdnet/driver/emulator"
@@ -126,9 +127,13 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	grpcMetrics := grpcmetrics.New()
 	reg.MustRegister(grpcMetrics)
+	limiter := saeLimiter(cfg.SAELimit)
 	gs := grpc.NewServer(append(grpcMetrics.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(grpcTLS)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(maxGRPCMessage),
+		grpc.ChainUnaryInterceptor(saeLimits(limiter)),
+		grpc.ForceServerCodecV2(newZeroingCodec()),
 	)...)
 	qkdv1.RegisterKeyServiceServer(gs, k)
 	qkdv1.RegisterKeyStreamServiceServer(gs, k)
@@ -150,11 +155,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	drivers := newDriverSet(ctx, cfg, k, emu, remoteSvc, peers, a.logger)
 	defer drivers.closeAll()
 
-	gw, err := gateway.New(k, a.logger.With("part", "gateway"))
+	gw, err := gateway.New(k, a.logger.With("part", "gateway"), gateway.WithLimiter(limiter))
 	if err != nil {
 		return err
 	}
-	restSrv := &http.Server{Handler: gw, TLSConfig: restTLS, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.logger.Handler(), slog.LevelDebug)}
+	// Headers of an ETSI 014 request are a few hundred bytes (a GET
+	// dec_keys names one key_ID); 64 KiB instead of net/http's 1 MiB.
+	restSrv := &http.Server{Handler: gw, TLSConfig: restTLS, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10, ErrorLog: slog.NewLogLogger(a.logger.Handler(), slog.LevelDebug)}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	// Profiles help operators find where a node spends its time; they
@@ -239,7 +246,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}
-	a.logger.InfoContext(ctx, "agent ready", "kme_id", cfg.KMEID, "rest", "https://"+cfg.RESTAddr, "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "links", len(cfg.Topology.Links), "controllers", cfg.Controllers)
+	a.logger.InfoContext(ctx, "agent ready", "kme_id", cfg.KMEID, "sae_rate_limit", limiter.Rate(), "sae_burst", limiter.Burst(), "rest", "https://"+cfg.RESTAddr, "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "links", len(cfg.Topology.Links), "controllers", cfg.Controllers)
 
 	var runErr error
 	select {
@@ -265,6 +272,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	<-kmmDone
 	a.logger.Info("agent stopped")
 	return runErr
+}
+
+// saeLimiter is the per-SAE request limit of the configuration.
+func saeLimiter(c *RateLimit) *ratelimit.Limiter {
+	rate, burst := float64(ratelimit.DefaultRate), ratelimit.DefaultBurst
+	if c != nil {
+		if c.RequestsPerSecond != 0 {
+			rate = c.RequestsPerSecond
+		}
+		if c.Burst > 0 {
+			burst = c.Burst
+		}
+	}
+	return ratelimit.New(rate, burst)
 }
 
 func kmmSettings(cfg Config) kmm.Settings {

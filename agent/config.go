@@ -35,10 +35,20 @@ type Config struct {
 	// them, the agent registers with the controller and runs what it pushes
 	// (links, roles, SAEs, key streams); topology.links then only declare
 	// this node's QKD modules (drivers) by link ID, and roles are ignored.
-	Controllers []string    `json:"controllers,omitempty"`
-	TLS         TLSFiles    `json:"tls"`
-	KMM         KMMSettings `json:"kmm"`
-	Topology    Topology    `json:"topology"`
+	Controllers []string `json:"controllers,omitempty"`
+	// SAELimit bounds each SAE's requests on the SAE API (ETSI 014 REST and
+	// gRPC, ETSI 004); unset: ratelimit.DefaultRate and DefaultBurst.
+	SAELimit *RateLimit  `json:"sae_rate_limit,omitempty"`
+	TLS      TLSFiles    `json:"tls"`
+	KMM      KMMSettings `json:"kmm"`
+	Topology Topology    `json:"topology"`
+}
+
+// RateLimit is a token bucket per SAE: RequestsPerSecond (negative: no
+// limit; 0: the default) with bursts of Burst requests (0: the default).
+type RateLimit struct {
+	RequestsPerSecond float64 `json:"requests_per_second,omitempty"`
+	Burst             int     `json:"burst,omitempty"`
 }
 
 // TLSFiles are PEM files: the CA that signs every node and SAE, and this node's

@@ -27,8 +27,10 @@ func AgentMain(name string, args []string, stderr io.Writer) int {
 	config := fs.String("config", "", "agent config `file` (JSON, as written by qkdnet up to <state-dir>/nodes/<node>/agent.json)")
 	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
 	format := fs.String("log-format", "text", "log `format`: text or json")
+	saeRate := fs.Float64("sae-rate", 0, "requests per second each SAE may make on the SAE API (ETSI 014, 004); 0: the config's sae_rate_limit or 5000; negative: no limit")
+	saeBurst := fs.Int("sae-burst", 0, "burst of requests each SAE may make at once; 0: the config's or 1000")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s --config FILE [--log-level L] [--log-format text|json]\n\n", name)
+		fmt.Fprintf(stderr, "Usage: %s --config FILE [--log-level L] [--log-format text|json] [--sae-rate R] [--sae-burst B]\n\n", name)
 		fmt.Fprintf(stderr, "Runs one trusted node's agent (KMM, QKD drivers, ETSI 014 REST and gRPC, metrics)\nuntil SIGINT or SIGTERM.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -62,6 +64,19 @@ func AgentMain(name string, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: config: %v\n", name, err)
 		return 1
+	}
+	if *saeRate != 0 || *saeBurst != 0 {
+		lim := agent.RateLimit{}
+		if cfg.SAELimit != nil {
+			lim = *cfg.SAELimit
+		}
+		if *saeRate != 0 {
+			lim.RequestsPerSecond = *saeRate
+		}
+		if *saeBurst != 0 {
+			lim.Burst = *saeBurst
+		}
+		cfg.SAELimit = &lim
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

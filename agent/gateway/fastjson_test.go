@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -108,6 +109,27 @@ func TestFastKeyContainerAgreesWithProtojson(t *testing.T) {
 			if !reflect.DeepEqual(a, b) {
 				t.Errorf("%v: fast output %s, protojson %s", tc.kc, got, general)
 			}
+		}
+	}
+}
+
+// TestMarshalZeroesKeys: once a response is encoded, the plaintext keys the
+// KMM put in it are zeroed, and the encoding still carries them.
+func TestMarshalZeroesKeys(t *testing.T) {
+	m := newMarshaler()
+	k1, k2 := []byte{1, 2, 3, 4}, []byte{5, 6, 7, 8}
+	kc := &qkdv1.KeyContainer{Keys: []*qkdv1.Key{{KeyId: "a", Key: k1}, {KeyId: "b", Key: k2}}}
+	b, err := m.Marshal(kc)
+	if err != nil || !strings.Contains(string(b), `"AQIDBA=="`) || !strings.Contains(string(b), `"BQYHCA=="`) {
+		t.Fatalf("Marshal = %s, %v", b, err)
+	}
+	sk := &qkdv1.GetStreamKeyResponse{KeyBuffer: []byte{9, 9, 9}}
+	if b, err := m.Marshal(sk); err != nil || !strings.Contains(string(b), `"CQkJ"`) {
+		t.Fatalf("Marshal = %s, %v", b, err)
+	}
+	for _, k := range [][]byte{k1, k2, sk.GetKeyBuffer()} {
+		if !bytes.Equal(k, make([]byte, len(k))) {
+			t.Errorf("key bytes %v left after encoding", k)
 		}
 	}
 }

@@ -26,19 +26,28 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/qkdnet/qkdnet/agent/ratelimit"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 )
 
 // MaxBodyBytes bounds a POST body. The largest legitimate body is a dec_keys
-// request listing max_key_per_request key_IDs at ~50 bytes each (about 50 KiB
-// at the default limit of 1024); a mebibyte leaves room for extensions
-// without letting one request pin unbounded memory.
-const MaxBodyBytes = 1 << 20
+// request listing max_key_per_request key_IDs at ~50 bytes each (about 53 KiB
+// compact at the default limit of 1024, ~70 KiB pretty-printed); 128 KiB
+// leaves room for that and small extensions while keeping what one request
+// can make the KMM buffer and parse small. Larger bodies get 413 (or 400
+// when a chunked body runs over), with the ETSI error object.
+const MaxBodyBytes = 128 << 10
+
+// Option configures the gateway.
+type Option func(*gateway)
+
+// WithLimiter limits each SAE's requests (nil: no limit).
+func WithLimiter(l *ratelimit.Limiter) Option { return func(g *gateway) { g.limit = l } }
 
 // New returns the HTTP handler of ETSI GS QKD 014 for srv. It calls srv
 // in-process (no loopback gRPC hop) with the caller's identity in the context.
 // A nil logger discards logs.
-func New(srv qkdv1.KeyServiceServer, logger *slog.Logger) (http.Handler, error) {
+func New(srv qkdv1.KeyServiceServer, logger *slog.Logger, opts ...Option) (http.Handler, error) {
 	if srv == nil {
 		return nil, errors.New("gateway: nil KeyServiceServer")
 	}
@@ -46,6 +55,9 @@ func New(srv qkdv1.KeyServiceServer, logger *slog.Logger) (http.Handler, error) 
 		logger = slog.New(slog.DiscardHandler)
 	}
 	g := &gateway{logger: logger}
+	for _, o := range opts {
+		o(g)
+	}
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, newMarshaler()),
 		runtime.WithErrorHandler(g.handleError),
@@ -68,11 +80,12 @@ func New(srv qkdv1.KeyServiceServer, logger *slog.Logger) (http.Handler, error) 
 			return nil, fmt.Errorf("gateway: register KeyStreamService: %w", err)
 		}
 	}
-	return g.logRequests(requireSAE(mux)), nil
+	return g.logRequests(requireSAE(g.limitSAE(mux))), nil
 }
 
 type gateway struct {
 	logger *slog.Logger
+	limit  *ratelimit.Limiter
 }
 
 // newMarshaler is the JSON codec of the ETSI bodies.

@@ -185,7 +185,8 @@ func (f *fakeKeys) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (*qkdv1
 	if f.err != nil {
 		return nil, f.err
 	}
-	return f.keys, nil
+	// A copy: the gateway zeroes the keys of the container it is handed.
+	return proto.Clone(f.keys).(*qkdv1.KeyContainer), nil
 }
 
 func (f *fakeKeys) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsRequest) (*qkdv1.KeyContainer, error) {
@@ -193,7 +194,8 @@ func (f *fakeKeys) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKe
 	if f.err != nil {
 		return nil, f.err
 	}
-	return f.keys, nil
+	// A copy: the gateway zeroes the keys of the container it is handed.
+	return proto.Clone(f.keys).(*qkdv1.KeyContainer), nil
 }
 
 // --- harness ----------------------------------------------------------------

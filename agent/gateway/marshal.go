@@ -75,7 +75,13 @@ func (m *strictJSON) decodeGeneral(r io.Reader, msg proto.Message) error {
 
 // Marshal writes a key container directly (appendKeyContainer) and
 // everything else with protojson.
+//
+// It is the last reader of a response's keys (the KMM made the response for
+// this one request), so it zeroes them once they are encoded: the plaintext
+// then lives on only in the encoded body, which net/http and crypto/tls copy
+// into buffers of their own that Go gives no way to wipe.
 func (m *strictJSON) Marshal(v any) ([]byte, error) {
+	defer ZeroKeys(v)
 	if kc, ok := v.(*qkdv1.KeyContainer); ok {
 		if b, ok := appendKeyContainer(nil, kc); ok {
 			return b, nil
@@ -107,4 +113,18 @@ func describeJSONError(err error) string {
 func trimProtoPrefix(s string) string {
 	s = strings.TrimPrefix(s, "proto:")
 	return strings.TrimLeft(s, " \u00a0")
+}
+
+// ZeroKeys zeroes the key bytes of an ETSI 014 key container or an ETSI 004
+// GET_KEY answer (anything else is left alone). Servers call it once the
+// response is encoded.
+func ZeroKeys(v any) {
+	switch m := v.(type) {
+	case *qkdv1.KeyContainer:
+		for _, k := range m.GetKeys() {
+			clear(k.GetKey())
+		}
+	case *qkdv1.GetStreamKeyResponse:
+		clear(m.GetKeyBuffer())
+	}
 }

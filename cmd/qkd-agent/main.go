@@ -2,7 +2,7 @@
 // ETSI 014 over HTTPS and gRPC, KMM peer gRPC and Prometheus metrics, from a
 // JSON config (as `qkdnet up` writes to <state-dir>/nodes/<node>/agent.json).
 //
-//	qkd-agent --config agent.json [--log-level info] [--log-format text|json]
+//	qkd-agent --config agent.json [--log-level info] [--log-format text|json] [--sae-rate 5000] [--sae-burst 1000]
 //
 // It stops gracefully on SIGINT or SIGTERM. `qkdnet up` runs the same code as
 // `qkdnet agent --config ...`; this binary is for deployments (a Pod per node).

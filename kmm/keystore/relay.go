@@ -138,7 +138,7 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 			}
 			if len(pad) != len(it.Z) {
 				clear(pad)
-				return reject(fmt.Errorf("relayed key %d has %d bytes, its pad %d", it.Seq, len(it.Z), len(pad)))
+				return reject(fmt.Errorf("%w: relayed key %d has %d bytes, its pad %d", ErrInvalid, it.Seq, len(it.Z), len(pad)))
 			}
 			for i := range pad {
 				pad[i] ^= it.Z[i]

@@ -109,6 +109,9 @@ func (s *sealer) dek(id [dekIDSize]byte) (cipher.AEAD, error) {
 	if a, ok := s.cache[id]; ok {
 		return a, nil
 	}
+	if s.kek == nil {
+		return nil, ErrClosed
+	}
 	k, err := hkdf.Key(sha256.New, s.kek, id[:], "qkdnet keystore DEK v1", 32)
 	if err != nil {
 		return nil, err
@@ -129,6 +132,18 @@ func (s *sealer) dek(id [dekIDSize]byte) (cipher.AEAD, error) {
 	}
 	s.cache[id] = a
 	return a, nil
+}
+
+// wipe zeroes the KEK and drops the DEKs, when the store closes. A serve
+// still assembling a key then fails with ErrClosed rather than deriving a
+// DEK from a zeroed KEK. (The AES key schedules inside the dropped AEADs are
+// Go's and cannot be wiped; the garbage collector reclaims them.)
+func (s *sealer) wipe() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.kek)
+	s.kek, s.cur = nil, nil
+	clear(s.cache)
 }
 
 // aadPrefix is put in front of the key_ID in the associated data.

@@ -41,6 +41,10 @@ var (
 	ErrUnknownStream = errors.New("unknown key stream")
 	ErrCorrupt       = errors.New("key store record corrupt")
 	ErrClosed        = errors.New("key store closed")
+	// ErrInvalid marks a request the store refuses because of what it
+	// asks (a peer KMM's batch or relay that cannot be right), not
+	// because of the store's state; nothing was written.
+	ErrInvalid = errors.New("invalid request")
 )
 
 // Top-level buckets. Per-link and per-stream data sit in sub-buckets named by
@@ -248,6 +252,7 @@ func (s *Store) Close() error {
 		s.writerWG.Wait()
 		s.log.close()
 		err = s.db.Close()
+		s.seal.wipe()
 	})
 	return err
 }
@@ -990,7 +995,7 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 			return reject(nil)
 		}
 		if firstSeq > maxSeq || uint64(len(keyIDs)) > maxSeq-firstSeq {
-			return reject(fmt.Errorf("sequence numbers out of range"))
+			return reject(fmt.Errorf("%w: sequence numbers out of range", ErrInvalid))
 		}
 		have, err := getStream(tx, st.ID)
 		switch {
@@ -1001,7 +1006,7 @@ func (s *Store) Apply(batchID string, st Stream, firstSeq uint64, keyIDs []strin
 		case err != nil:
 			return err
 		case have.Link != st.Link:
-			return reject(fmt.Errorf("stream %s runs over link %s, not %s", st.ID, have.Link, st.Link))
+			return reject(fmt.Errorf("%w: stream %s runs over link %s, not %s", ErrInvalid, st.ID, have.Link, st.Link))
 		}
 		keys, err := tx.Bucket(bucketKeys).CreateBucketIfNotExists([]byte(st.ID))
 		if err != nil {

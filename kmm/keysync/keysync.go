@@ -111,6 +111,10 @@ func toStatus(err error) error {
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, keystore.ErrUnknownStream):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, keystore.ErrInvalid):
+		// The peer's message cannot be right: tell it so, rather than
+		// "unavailable", which would have it retry the same message.
+		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	default:
