@@ -301,7 +301,18 @@ func kmmSettings(cfg Config) kmm.Settings {
 		KeyLifetime:       time.Duration(s.KeyLifetime),
 		AllocPeriod:       time.Duration(s.AllocPeriod),
 		DefaultQoS:        keystore.QoS{KeyRate: uint32(s.DefaultKeyRate), MaxBuffer: uint32(s.DefaultMaxBuffer)},
+		ConfigWait:        configWait(cfg),
 	}
+}
+
+// configWait is kmm.Settings.ConfigWait: with a controller, a peer's
+// message about a stream this node has not been pushed yet waits for the
+// push (they are sent to the nodes of a path together).
+func configWait(cfg Config) time.Duration {
+	if len(cfg.Controllers) == 0 {
+		return 0
+	}
+	return 250 * time.Millisecond
 }
 
 // staticTopology serves kmm.Topology from the agent's configuration. It is

@@ -245,6 +245,9 @@ func (s *southbound) apply(ctx context.Context, p *qkdv1.SessionResponse) error 
 			return fmt.Errorf("key stream %s: %w", st.ID, err)
 		}
 	}
+	// The view first, the relay plans last: SetRelays also tells the peer
+	// messages waiting for this configuration to look again.
+	s.ctl.set(v)
 	s.kmm.SetRelays(plans)
 	for key, a := range v.apps {
 		if _, had := cur.apps[key]; !had {
@@ -252,7 +255,6 @@ func (s *southbound) apply(ctx context.Context, p *qkdv1.SessionResponse) error 
 				Message: fmt.Sprintf("key stream %s -> %s", a.master, a.slave)})
 		}
 	}
-	s.ctl.set(v)
 	s.drivers.reconcile(ctx, v)
 	s.logger.Info("applied configuration", "version", v.version, "links", len(v.links), "applications", len(v.apps))
 	return nil

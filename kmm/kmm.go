@@ -102,6 +102,13 @@ type Settings struct {
 	AllocPeriod time.Duration
 	// DefaultQoS is given to a stream opened by a plain ETSI 014 request.
 	DefaultQoS keystore.QoS
+	// ConfigWait is how long a peer KMM's message about a stream or hop
+	// this node does not know yet waits for the node's next configuration
+	// before it is refused. The controller pushes a new stream to every
+	// node of its path at once; the node that gets it first must not be
+	// sent away to retry later because its neighbour is a moment behind.
+	// Zero: refuse at once (a node without a controller).
+	ConfigWait time.Duration
 }
 
 func (s *Settings) defaults() {
@@ -426,6 +433,18 @@ func (k *KMM) PeerOfLink(link string) (string, bool) {
 	return l.Peer, ok
 }
 
+// awaitPeerStream is checkPeerStream, given up to ConfigWait for this
+// node's configuration to catch up with the peer's.
+func (k *KMM) awaitPeerStream(ctx context.Context, peer string, st keystore.Stream) (Link, error) {
+	var l Link
+	err := k.awaitConfig(ctx, func() error {
+		var err error
+		l, err = k.checkPeerStream(peer, st)
+		return err
+	})
+	return l, err
+}
+
 // checkPeerStream makes sure a stream named by the peer KMM connects an SAE
 // of this node and an SAE of the peer over the link between them.
 func (k *KMM) checkPeerStream(peer string, st keystore.Stream) (Link, error) {
@@ -451,7 +470,7 @@ func (k *KMM) checkPeerStream(peer string, st keystore.Stream) (Link, error) {
 // OpenStream implements keysync.Handler: the Slave KMM of a link tells this
 // (Master) KMM that one of its SAEs opened a stream.
 func (k *KMM) OpenStream(ctx context.Context, peer string, st keystore.Stream) (keystore.Stream, error) {
-	l, err := k.checkPeerStream(peer, st)
+	l, err := k.awaitPeerStream(ctx, peer, st)
 	if err != nil {
 		return keystore.Stream{}, err
 	}
@@ -470,7 +489,7 @@ func (k *KMM) OpenStream(ctx context.Context, peer string, st keystore.Stream) (
 
 // Apply implements keysync.Handler: the Master KMM allocated keys.
 func (k *KMM) Apply(ctx context.Context, peer, batchID string, st keystore.Stream, firstSeq uint64, keyIDs []string) ([]string, error) {
-	l, err := k.checkPeerStream(peer, st)
+	l, err := k.awaitPeerStream(ctx, peer, st)
 	if err != nil {
 		return nil, err
 	}
@@ -486,7 +505,7 @@ const maxOnDemand = 1 << 20
 // RequestAllocation implements keysync.Handler: the Slave KMM's SAE wants
 // keys now.
 func (k *KMM) RequestAllocation(ctx context.Context, peer string, st keystore.Stream, want int) (int, error) {
-	l, err := k.checkPeerStream(peer, st)
+	l, err := k.awaitPeerStream(ctx, peer, st)
 	if err != nil {
 		return 0, err
 	}

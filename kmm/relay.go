@@ -58,10 +58,14 @@ type relays struct {
 	mu    sync.Mutex
 	plans map[string]RelayPlan // by end-to-end stream
 	wake  chan struct{}
+	// applied is closed (and replaced) by every SetRelays: a configuration
+	// from the controller has been applied.
+	applied chan struct{}
 }
 
 // SetRelays replaces the node's multi-hop plans (from the configuration the
-// controller pushed).
+// controller pushed). The agent calls it last when it applies a pushed
+// configuration, so it also tells messages waiting for one (awaitConfig).
 func (k *KMM) SetRelays(plans []RelayPlan) {
 	m := map[string]RelayPlan{}
 	for _, p := range plans {
@@ -69,8 +73,47 @@ func (k *KMM) SetRelays(plans []RelayPlan) {
 	}
 	k.relay.mu.Lock()
 	k.relay.plans = m
+	if k.relay.applied != nil {
+		close(k.relay.applied)
+	}
+	k.relay.applied = make(chan struct{})
 	k.relay.mu.Unlock()
 	k.wakeRelay()
+}
+
+// configApplied is closed when the next configuration has been applied.
+func (k *KMM) configApplied() <-chan struct{} {
+	k.relay.mu.Lock()
+	defer k.relay.mu.Unlock()
+	if k.relay.applied == nil {
+		k.relay.applied = make(chan struct{})
+	}
+	return k.relay.applied
+}
+
+// awaitConfig runs check until it passes, checking again after each
+// configuration applied within Settings.ConfigWait; it returns check's last
+// error.
+func (k *KMM) awaitConfig(ctx context.Context, check func() error) error {
+	if k.set.ConfigWait <= 0 {
+		return check()
+	}
+	t := time.NewTimer(k.set.ConfigWait)
+	defer t.Stop()
+	for {
+		next := k.configApplied()
+		err := check()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-next:
+		case <-t.C:
+			return err
+		case <-ctx.Done():
+			return err
+		}
+	}
 }
 
 func (k *KMM) wakeRelay() {
@@ -260,11 +303,18 @@ func (e notRelayHop) NotRelayHop() bool { return true }
 // Relay implements keysync.Handler: the previous node of a multi-hop
 // stream sends keys padded with the hop's keys.
 func (k *KMM) Relay(ctx context.Context, peer string, req *qkdv1.RelayRequest) ([]uint64, error) {
-	k.relay.mu.Lock()
-	p, ok := k.relay.plans[req.GetStreamId()]
-	k.relay.mu.Unlock()
-	if !ok || p.In == nil || p.In.Peer != peer || p.In.Stream != req.GetHopStreamId() || p.In.Stream == p.Stream {
-		return nil, notRelayHop{fmt.Sprintf("node %s is not the previous hop of stream %s over %s", peer, req.GetStreamId(), req.GetHopStreamId())}
+	var p RelayPlan
+	if err := k.awaitConfig(ctx, func() error {
+		k.relay.mu.Lock()
+		plan, ok := k.relay.plans[req.GetStreamId()]
+		k.relay.mu.Unlock()
+		if !ok || plan.In == nil || plan.In.Peer != peer || plan.In.Stream != req.GetHopStreamId() || plan.In.Stream == plan.Stream {
+			return notRelayHop{fmt.Sprintf("node %s is not the previous hop of stream %s over %s", peer, req.GetStreamId(), req.GetHopStreamId())}
+		}
+		p = plan
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	items := make([]keystore.RelayItem, 0, len(req.GetKeys()))
 	checks := make(map[uint64][]byte, len(req.GetKeys()))
