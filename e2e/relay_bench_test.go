@@ -109,7 +109,7 @@ func BenchmarkRelay(b *testing.B) {
 	b.ReportMetric(float64((lat2.p(0.5)-lat1.p(0.5)).Microseconds())/1000, "added-per-hop-p50-ms")
 
 	// OPEN_CONNECT to the first key at both ends, over two hops.
-	var firstA, firstC, fromJoin []time.Duration
+	var firstA, firstC, fromJoin, masterOpen, slaveOpen []time.Duration
 	for i := range pairs {
 		ma, mc := fmt.Sprintf("SAE_A_%d", i), fmt.Sprintf("SAE_C_%d", i)
 		ka, kc := ksClientTB(b, n, ma), ksClientTB(b, n, mc)
@@ -119,9 +119,11 @@ func BenchmarkRelay(b *testing.B) {
 			b.Fatal(err)
 		}
 		tj := time.Now()
+		masterOpen = append(masterOpen, tj.Sub(t0))
 		if _, err := kc.OpenConnect(ctx, &qkdv1.OpenConnectRequest{Source: uri(mc), Destination: uri(ma), KeyStreamId: open.GetKeyStreamId(), Qos: &qkdv1.KeyStreamQoS{Timeout: 5000}}); err != nil {
 			b.Fatal(err)
 		}
+		slaveOpen = append(slaveOpen, time.Since(tj))
 		var wg sync.WaitGroup
 		for _, side := range []struct {
 			cl  qkdv1.KeyStreamServiceClient
@@ -141,6 +143,12 @@ func BenchmarkRelay(b *testing.B) {
 	}
 	slices.Sort(firstA)
 	slices.Sort(firstC)
+	slices.Sort(masterOpen)
+	slices.Sort(slaveOpen)
+	if len(masterOpen) > 0 {
+		b.ReportMetric(float64(masterOpen[len(masterOpen)/2].Microseconds())/1000, "004-open-master-p50-ms")
+		b.ReportMetric(float64(slaveOpen[len(slaveOpen)/2].Microseconds())/1000, "004-open-slave-p50-ms")
+	}
 	if len(firstA) > 0 && len(firstC) > 0 {
 		b.ReportMetric(float64(firstA[len(firstA)/2].Microseconds())/1000, "004-first-key-master-p50-ms")
 		b.ReportMetric(float64(firstC[len(firstC)/2].Microseconds())/1000, "004-first-key-slave-p50-ms")
