@@ -396,28 +396,9 @@ func (s *Store) serveWriter() {
 	errs := make([]error, 0, maxGroup)
 	var recs []serveRecord
 	for {
-		var first *serveOp
-		select {
-		case first = <-s.serveOps:
-		case <-s.closing:
-			for {
-				select {
-				case o := <-s.serveOps:
-					o.done <- ErrClosed
-				default:
-					return
-				}
-			}
-		}
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < maxGroup {
-			select {
-			case o := <-s.serveOps:
-				batch = append(batch, o)
-			default:
-				break drain
-			}
+		var ok bool
+		if batch, ok = nextGroup(s.serveOps, s.closing, batch, func(o *serveOp) { o.done <- ErrClosed }); !ok {
+			return
 		}
 		t0 := time.Now()
 		errs = errs[:len(batch)]

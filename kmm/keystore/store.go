@@ -315,34 +315,43 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 // maxGroup bounds the writes in one transaction so one commit stays short.
 const maxGroup = 256
 
+// nextGroup waits for the first op queued on ops and takes the ones queued
+// behind it, up to maxGroup, into batch[:0]: one group commit. Once closing
+// is closed it refuses whatever is still queued and reports false.
+func nextGroup[T any](ops <-chan T, closing <-chan struct{}, batch []T, refuse func(T)) ([]T, bool) {
+	var first T
+	select {
+	case first = <-ops:
+	case <-closing:
+		for {
+			select {
+			case o := <-ops:
+				refuse(o)
+			default:
+				return batch[:0], false
+			}
+		}
+	}
+	batch = append(batch[:0], first)
+	for len(batch) < maxGroup {
+		select {
+		case o := <-ops:
+			batch = append(batch, o)
+		default:
+			return batch, true
+		}
+	}
+	return batch, true
+}
+
 func (s *Store) writer() {
 	defer s.writerWG.Done()
 	defer close(s.stopped)
 	batch := make([]*op, 0, maxGroup)
 	for {
-		var first *op
-		select {
-		case first = <-s.ops:
-		case <-s.closing:
-			// Refuse whatever is still queued.
-			for {
-				select {
-				case o := <-s.ops:
-					o.done <- ErrClosed
-				default:
-					return
-				}
-			}
-		}
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < maxGroup {
-			select {
-			case o := <-s.ops:
-				batch = append(batch, o)
-			default:
-				break drain
-			}
+		var ok bool
+		if batch, ok = nextGroup(s.ops, s.closing, batch, func(o *op) { o.done <- ErrClosed }); !ok {
+			return
 		}
 		s.commit(batch)
 	}
