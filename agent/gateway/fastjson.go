@@ -2,11 +2,11 @@ package gateway
 
 import (
 	"encoding/base64"
-	"strconv"
 
 	"google.golang.org/protobuf/proto"
 
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
+	"github.com/qkdnet/qkdnet/internal/jsonscan"
 )
 
 // Fast paths for the bodies every enc_keys and dec_keys exchange carries.
@@ -46,153 +46,80 @@ func fastDecode(body []byte, msg proto.Message) (ok bool) {
 	return false
 }
 
-type scanner struct {
-	b   []byte
-	pos int
-}
-
-func (s *scanner) ws() {
-	for s.pos < len(s.b) {
-		switch s.b[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
-	}
-}
-
-func (s *scanner) next(c byte) bool {
-	s.ws()
-	if s.pos < len(s.b) && s.b[s.pos] == c {
-		s.pos++
-		return true
-	}
-	return false
-}
-
-// end reports whether only whitespace is left.
-func (s *scanner) end() bool {
-	s.ws()
-	return s.pos == len(s.b)
-}
-
-// str reads a string of printable ASCII without escapes (shared bytes).
-func (s *scanner) str() ([]byte, bool) {
-	if !s.next('"') {
-		return nil, false
-	}
-	start := s.pos
-	for s.pos < len(s.b) {
-		c := s.b[s.pos]
-		if c == '"' {
-			v := s.b[start:s.pos]
-			s.pos++
-			return v, true
-		}
-		if c == '\\' || c < 0x20 || c >= 0x7f {
-			return nil, false
-		}
-		s.pos++
-	}
-	return nil, false
-}
-
-// int32 reads a JSON integer 0 ≤ n < 10^9 without sign, fraction or exponent.
-func (s *scanner) int32() (int32, bool) {
-	s.ws()
-	start := s.pos
-	for s.pos < len(s.b) && s.b[s.pos] >= '0' && s.b[s.pos] <= '9' {
-		s.pos++
-	}
-	digits := s.b[start:s.pos]
-	if len(digits) == 0 || len(digits) > 9 || (len(digits) > 1 && digits[0] == '0') {
-		return 0, false
-	}
-	if s.pos < len(s.b) {
-		switch s.b[s.pos] {
-		case '.', 'e', 'E':
-			return 0, false
-		}
-	}
-	n, err := strconv.ParseInt(string(digits), 10, 32)
-	return int32(n), err == nil
-}
-
 // parseKeyRequest reads {"number": N, "size": S}, either member optional.
 func parseKeyRequest(b []byte) (number, size int32, ok bool) {
-	s := scanner{b: b}
-	if !s.next('{') {
+	s := jsonscan.New(b)
+	if !s.Next('{') {
 		return 0, 0, false
 	}
 	var haveNumber, haveSize bool
-	if !s.next('}') {
+	if !s.Next('}') {
 		for {
-			name, ok := s.str()
-			if !ok || !s.next(':') {
+			name, ok := s.Str()
+			if !ok || !s.Next(':') {
 				return 0, 0, false
 			}
 			switch {
 			case string(name) == "number" && !haveNumber:
-				number, haveNumber = s.int32()
+				number, haveNumber = s.Int32()
 				if !haveNumber {
 					return 0, 0, false
 				}
 			case string(name) == "size" && !haveSize:
-				size, haveSize = s.int32()
+				size, haveSize = s.Int32()
 				if !haveSize {
 					return 0, 0, false
 				}
 			default:
 				return 0, 0, false
 			}
-			if s.next(',') {
+			if s.Next(',') {
 				continue
 			}
-			if s.next('}') {
+			if s.Next('}') {
 				break
 			}
 			return 0, 0, false
 		}
 	}
-	return number, size, s.end()
+	return number, size, s.End()
 }
 
 // parseKeyIDs reads {"key_IDs": [{"key_ID": "…"}, …]}.
 func parseKeyIDs(b []byte) ([]*qkdv1.KeyID, bool) {
-	s := scanner{b: b}
-	if !s.next('{') {
+	s := jsonscan.New(b)
+	if !s.Next('{') {
 		return nil, false
 	}
-	name, ok := s.str()
-	if !ok || string(name) != "key_IDs" || !s.next(':') || !s.next('[') {
+	name, ok := s.Str()
+	if !ok || string(name) != "key_IDs" || !s.Next(':') || !s.Next('[') {
 		return nil, false
 	}
 	var ids []*qkdv1.KeyID
-	if !s.next(']') {
+	if !s.Next(']') {
 		for {
-			if !s.next('{') {
+			if !s.Next('{') {
 				return nil, false
 			}
-			name, ok := s.str()
-			if !ok || string(name) != "key_ID" || !s.next(':') {
+			name, ok := s.Str()
+			if !ok || string(name) != "key_ID" || !s.Next(':') {
 				return nil, false
 			}
-			id, ok := s.str()
-			if !ok || !s.next('}') {
+			id, ok := s.Str()
+			if !ok || !s.Next('}') {
 				return nil, false
 			}
 			ids = append(ids, &qkdv1.KeyID{KeyId: string(id)})
-			if s.next(',') {
+			if s.Next(',') {
 				continue
 			}
-			if s.next(']') {
+			if s.Next(']') {
 				break
 			}
 			return nil, false
 		}
 	}
-	if !s.next('}') || !s.end() {
+	if !s.Next('}') || !s.End() {
 		return nil, false
 	}
 	return ids, true
@@ -207,7 +134,7 @@ func appendKeyContainer(dst []byte, kc *qkdv1.KeyContainer) ([]byte, bool) {
 	}
 	size := len(`{"keys":[]}`)
 	for _, k := range kc.GetKeys() {
-		if k == nil || k.GetKeyIdExtension() != nil || k.GetKeyExtension() != nil || !plainString(k.GetKeyId()) {
+		if k == nil || k.GetKeyIdExtension() != nil || k.GetKeyExtension() != nil || !jsonscan.PlainString(k.GetKeyId()) {
 			return nil, false
 		}
 		size += len(`{"key_ID":"","key":""},`) + len(k.GetKeyId()) + base64.StdEncoding.EncodedLen(len(k.GetKey()))
@@ -227,14 +154,4 @@ func appendKeyContainer(dst []byte, kc *qkdv1.KeyContainer) ([]byte, bool) {
 		dst = append(dst, `"}`...)
 	}
 	return append(dst, "]}"...), true
-}
-
-// plainString reports whether protojson writes s between quotes unchanged.
-func plainString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/base64"
 	"strconv"
+
+	"github.com/qkdnet/qkdnet/internal/jsonscan"
 )
 
 // The load generator shares the machine with the KMMs it measures, so the
@@ -26,7 +28,7 @@ func appendKeyRequest(dst []byte, number, size int) []byte {
 func appendKeyIDsRequest(dst []byte, ids []string) ([]byte, bool) {
 	dst = append(dst, `{"key_IDs":[`...)
 	for i, id := range ids {
-		if !plainJSONString(id) {
+		if !jsonscan.PlainString(id) {
 			return dst, false
 		}
 		if i > 0 {
@@ -37,74 +39,6 @@ func appendKeyIDsRequest(dst []byte, ids []string) ([]byte, bool) {
 		dst = append(dst, `"}`...)
 	}
 	return append(dst, "]}"...), true
-}
-
-// plainJSONString reports whether s can be written between quotes as it is:
-// printable ASCII other than the quote and the backslash (encoding/json
-// would also escape <, > and &, which means the same to a JSON reader).
-func plainJSONString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
-}
-
-// scanner reads the few JSON shapes qkdload expects.
-type scanner struct {
-	b   []byte
-	pos int
-}
-
-func (s *scanner) ws() {
-	for s.pos < len(s.b) {
-		switch s.b[s.pos] {
-		case ' ', '\t', '\n', '\r':
-			s.pos++
-		default:
-			return
-		}
-	}
-}
-
-// next skips whitespace and consumes c.
-func (s *scanner) next(c byte) bool {
-	s.ws()
-	if s.pos < len(s.b) && s.b[s.pos] == c {
-		s.pos++
-		return true
-	}
-	return false
-}
-
-// peek skips whitespace and returns the next byte, or 0 at the end.
-func (s *scanner) peek() byte {
-	s.ws()
-	if s.pos < len(s.b) {
-		return s.b[s.pos]
-	}
-	return 0
-}
-
-// str reads a string without escapes and returns its bytes (shared).
-func (s *scanner) str() ([]byte, bool) {
-	if !s.next('"') {
-		return nil, false
-	}
-	start := s.pos
-	for s.pos < len(s.b) {
-		switch c := s.b[s.pos]; {
-		case c == '"':
-			v := s.b[start:s.pos]
-			s.pos++
-			return v, true
-		case c == '\\' || c < 0x20 || c >= 0x80:
-			return nil, false
-		}
-		s.pos++
-	}
-	return nil, false
 }
 
 // fastKeyContainer reads {"keys":[{"key_ID":"…","key":"…base64…"},…]}, with
@@ -122,7 +56,7 @@ func fastKeyContainer(b []byte) (keys []key, ok bool) {
 }
 
 func parseKeyContainer(b []byte, slabp *[]byte) (keys []key, ok bool) {
-	s := scanner{b: b}
+	s := jsonscan.New(b)
 	defer func() {
 		if !ok {
 			for _, k := range keys {
@@ -130,28 +64,26 @@ func parseKeyContainer(b []byte, slabp *[]byte) (keys []key, ok bool) {
 			}
 		}
 	}()
-	if !s.next('{') {
+	if !s.Next('{') {
 		return nil, false
 	}
-	name, ok := s.str()
-	if !ok || string(name) != "keys" || !s.next(':') || !s.next('[') {
+	name, ok := s.Str()
+	if !ok || string(name) != "keys" || !s.Next(':') || !s.Next('[') {
 		return nil, false
 	}
-	if s.peek() == ']' {
-		s.pos++
-	} else {
+	if !s.Next(']') {
 		for {
 			var k key
 			var haveID, haveKey bool
-			if !s.next('{') {
+			if !s.Next('{') {
 				return nil, false
 			}
 			for {
-				name, ok := s.str()
-				if !ok || !s.next(':') {
+				name, ok := s.Str()
+				if !ok || !s.Next(':') {
 					return nil, false
 				}
-				v, ok := s.str()
+				v, ok := s.Str()
 				if !ok {
 					return nil, false
 				}
@@ -176,10 +108,10 @@ func parseKeyContainer(b []byte, slabp *[]byte) (keys []key, ok bool) {
 				default:
 					return nil, false
 				}
-				if s.next(',') {
+				if s.Next(',') {
 					continue
 				}
-				if s.next('}') {
+				if s.Next('}') {
 					break
 				}
 				return nil, false
@@ -188,20 +120,16 @@ func parseKeyContainer(b []byte, slabp *[]byte) (keys []key, ok bool) {
 				return nil, false
 			}
 			keys = append(keys, k)
-			if s.next(',') {
+			if s.Next(',') {
 				continue
 			}
-			if s.next(']') {
+			if s.Next(']') {
 				break
 			}
 			return nil, false
 		}
 	}
-	if !s.next('}') {
-		return nil, false
-	}
-	s.ws()
-	if s.pos != len(s.b) {
+	if !s.Next('}') || !s.End() {
 		return nil, false
 	}
 	return keys, true
