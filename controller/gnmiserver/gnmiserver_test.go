@@ -52,11 +52,15 @@ func path(elems ...string) *gnmipb.Path {
 	return p
 }
 
-func TestCapabilitiesAndGet(t *testing.T) {
+// startTwoNodes starts a one-replica controller holding nodes A (KME_A)
+// and B joined by link FSO_AB, and returns it, a context for the test and
+// an operator's gNMI client.
+func startTwoNodes(t *testing.T) (*controllertest.Cluster, context.Context, gnmipb.GNMIClient) {
+	t.Helper()
 	c := controllertest.Start(t, 1)
 	ops := c.Client(pki.Identity{Kind: pki.KindOperator, ID: "ops"})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	for _, f := range []func(context.Context, qkdv1.NetworkServiceClient) error{
 		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
 			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "A", KmeId: "KME_A"})
@@ -76,6 +80,11 @@ func TestCapabilitiesAndGet(t *testing.T) {
 		}
 	}
 	g := gnmiClient(t, c, pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	return c, ctx, g
+}
+
+func TestCapabilitiesAndGet(t *testing.T) {
+	c, ctx, g := startTwoNodes(t)
 
 	caps, err := g.Capabilities(ctx, &gnmipb.CapabilityRequest{})
 	if err != nil || len(caps.GetSupportedModels()) != 3 || caps.GetSupportedModels()[0].GetName() != "etsi-qkd-sdn-node" ||
@@ -227,29 +236,7 @@ func TestSubscribe(t *testing.T) {
 }
 
 func TestSet(t *testing.T) {
-	c := controllertest.Start(t, 1)
-	ops := c.Client(pki.Identity{Kind: pki.KindOperator, ID: "ops"})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for _, f := range []func(context.Context, qkdv1.NetworkServiceClient) error{
-		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
-			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "A"})
-			return err
-		},
-		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
-			_, err := n.AddNode(ctx, &qkdv1.AddNodeRequest{Name: "B"})
-			return err
-		},
-		func(ctx context.Context, n qkdv1.NetworkServiceClient) error {
-			_, err := n.AddLink(ctx, &qkdv1.AddLinkRequest{Name: "FSO_AB", NodeA: "A", NodeB: "B"})
-			return err
-		},
-	} {
-		if err := ops.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error { return f(ctx, ctlclient.Network(cc)) }); err != nil {
-			t.Fatal(err)
-		}
-	}
-	g := gnmiClient(t, c, pki.Identity{Kind: pki.KindOperator, ID: "ops"})
+	c, ctx, g := startTwoNodes(t)
 	get := func(p *gnmipb.Path) string {
 		t.Helper()
 		r, err := g.Get(ctx, &gnmipb.GetRequest{Prefix: &gnmipb.Path{Target: "A"}, Path: []*gnmipb.Path{p}, Encoding: gnmipb.Encoding_JSON_IETF})
