@@ -97,7 +97,7 @@ func TestFastEncodeMatchesYgot(t *testing.T) {
 	for i := range 400 {
 		n := &Node{}
 		fill(r, reflect.ValueOf(n), 0)
-		want, werr := emitYgot(n, nil)
+		want, werr := emitYgot(n)
 		got, gerr := encodeDirect(n)
 		if (werr != nil) != (gerr != nil) {
 			t.Fatalf("tree %d: ygot error %v, direct error %v", i, werr, gerr)
@@ -114,7 +114,7 @@ func TestFastEncodeMatchesYgot(t *testing.T) {
 		// Compare with ygot's encoding of a copy, taken before: DeepCopy
 		// does not keep empty slices, so the trees are compared as bytes.
 		cp, _ := ygot.DeepCopy(n)
-		before, err := emitYgot(cp.(*Node), nil)
+		before, err := emitYgot(cp.(*Node))
 		if err != nil {
 			continue
 		}
@@ -122,7 +122,7 @@ func TestFastEncodeMatchesYgot(t *testing.T) {
 		if _, err := encodeDirect(n); err != nil {
 			continue // a random unset enumerated key
 		}
-		after, _ := emitYgot(n, nil)
+		after, _ := emitYgot(n)
 		if !bytes.Equal(before, after) || snapshot != fmt.Sprintf("%#v", n) {
 			t.Fatal("encodeDirect changed the tree")
 		}
@@ -141,7 +141,7 @@ func BenchmarkEncode(b *testing.B) {
 	}
 	b.Run("ygot", func(b *testing.B) {
 		for b.Loop() {
-			emitYgot(n, nil)
+			emitYgot(n)
 		}
 	})
 	b.Run("direct", func(b *testing.B) {

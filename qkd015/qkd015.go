@@ -165,19 +165,17 @@ func emit(n *Node, edit func(*Node)) ([]byte, error) {
 	if !errors.Is(err, errSlowPath) {
 		return b, err
 	}
-	return emitYgot(src, nil)
+	return emitYgot(src)
 }
 
-// emitYgot is emit through ygot.ConstructIETFJSON.
-func emitYgot(n *Node, edit func(*Node)) ([]byte, error) {
+// emitYgot is emit through ygot.ConstructIETFJSON, on a copy of n whose
+// leaf-lists it sorts.
+func emitYgot(n *Node) ([]byte, error) {
 	cp, err := ygot.DeepCopy(n)
 	if err != nil {
 		return nil, fmt.Errorf("qkd015: copy: %w", err)
 	}
 	c := cp.(*Node)
-	if edit != nil {
-		edit(c)
-	}
 	sortLeafLists(reflect.ValueOf(c))
 	tree, err := ygot.ConstructIETFJSON(&etsi015.Device{QkdNode: c}, &ygot.RFC7951JSONConfig{AppendModuleName: true})
 	if err != nil {
