@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"sync"
 	"time"
 
 	"github.com/openconfig/ygot/ygot"
@@ -15,6 +16,29 @@ import (
 // and applications (gnmiserver.HistorySource).
 type nodeHistory struct {
 	rec *stats.Recorder
+
+	// The samples as last read from the store, and the recorder's version
+	// then: every Get of a changed tree and every ON_CHANGE pass (each
+	// second, as the live state moves) adds them, but they change only once
+	// an interval.
+	mu      sync.Mutex
+	read    bool
+	version uint64
+	samples []stats.Sample
+}
+
+// cached returns the samples, reading the store only after a new one.
+func (h *nodeHistory) cached() ([]stats.Sample, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if v := h.rec.Version(); !h.read || v != h.version {
+		samples, err := h.rec.Samples(time.Time{})
+		if err != nil {
+			return nil, err
+		}
+		h.samples, h.version, h.read = samples, v, true
+	}
+	return h.samples, nil
 }
 
 // HistoryVersion implements gnmiserver.HistorySource.
@@ -22,7 +46,7 @@ func (h *nodeHistory) HistoryVersion() uint64 { return h.rec.Version() }
 
 // AddHistory implements gnmiserver.HistorySource.
 func (h *nodeHistory) AddHistory(_ string, t *qkd015.Node) error {
-	samples, err := h.rec.Samples(time.Time{})
+	samples, err := h.cached()
 	if err != nil || len(samples) == 0 {
 		return err
 	}
