@@ -338,8 +338,6 @@ func keyString(k reflect.Value) (string, error) {
 		return k.String(), nil
 	case reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
 		return strconv.FormatUint(k.Uint(), 10), nil
-	case reflect.Struct:
-		return "", errSlowPath // multi-key lists: ygot's own %v of the key
 	}
 	return fmt.Sprintf("%v", k.Interface()), nil
 }

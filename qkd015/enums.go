@@ -23,6 +23,11 @@ type (
 	AppQoS = etsi015.EtsiQkdSdnNode_QkdNode_QkdApplications_QkdApp_AppQos
 	// Hop is one qkdnet-sdn-ext hops/hop entry of a qkd_app, keyed by qkdl_id.
 	Hop = etsi015.EtsiQkdSdnNode_QkdNode_QkdApplications_QkdApp_Hops_Hop
+	// DrainHop is one qkdnet-sdn-ext drain_hops/drain_hop entry of a
+	// qkd_app (a hop of an earlier path), keyed by generation and qkdl_id.
+	DrainHop = etsi015.EtsiQkdSdnNode_QkdNode_QkdApplications_QkdApp_DrainHops_DrainHop
+	// DrainHopKey is the key of a DrainHop.
+	DrainHopKey = etsi015.EtsiQkdSdnNode_QkdNode_QkdApplications_QkdApp_DrainHops_DrainHop_Key
 	// SAE is one qkdnet-sdn-ext saes/sae entry of the node, keyed by sae_id.
 	SAE = etsi015.EtsiQkdSdnNode_QkdNode_Saes_Sae
 	// Interface is one qkd_interfaces/qkd_interface entry (a QKD module).

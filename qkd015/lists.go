@@ -43,3 +43,12 @@ func Hops(a *App) map[string]*Hop {
 	}
 	return nil
 }
+
+// DrainHops returns an application's drain_hops/drain_hop list
+// (qkdnet-sdn-ext): the hops of its earlier paths at this node.
+func DrainHops(a *App) map[DrainHopKey]*DrainHop {
+	if c := a.GetDrainHops(); c != nil {
+		return c.DrainHop
+	}
+	return nil
+}

@@ -67,6 +67,7 @@ func (s *State) reindex() {
 		link  string
 	}
 	hops := map[string][]hop{}
+	drains := map[string]map[uint32][]hop{} // app -> generation -> hops
 	for _, name := range s.NodeNames() {
 		t := s.nodes[name]
 		for sae := range qkd015.SAEs(t) {
@@ -104,6 +105,13 @@ func (s *State) reindex() {
 			}
 			for lid, h := range qkd015.Hops(qa) {
 				hops[id] = append(hops[id], hop{h.GetIndex(), lid})
+				a.Gen = qa.GetPathGeneration()
+			}
+			for k, h := range qkd015.DrainHops(qa) {
+				if drains[id] == nil {
+					drains[id] = map[uint32][]hop{}
+				}
+				drains[id][k.Generation] = append(drains[id][k.Generation], hop{h.GetIndex(), k.QkdlId})
 			}
 		}
 	}
@@ -114,18 +122,28 @@ func (s *State) reindex() {
 	for _, id := range slices.Sorted(maps.Keys(s.apps)) {
 		a := s.apps[id]
 		a.MasterNode, a.SlaveNode = s.saes[a.MasterSAE], s.saes[a.SlaveSAE]
-		hs := hops[id]
-		sort.Slice(hs, func(i, j int) bool { return hs[i].index < hs[j].index })
-		for i, h := range hs {
-			if i > 0 && hs[i-1].index == h.index {
-				continue // each hop is listed at both of its ends
+		route := func(hs []hop) (path, masters, nodes []string) {
+			sort.Slice(hs, func(i, j int) bool { return hs[i].index < hs[j].index })
+			for i, h := range hs {
+				if i > 0 && hs[i-1].index == h.index {
+					continue // each hop is listed at both of its ends
+				}
+				l := byLinkID[h.link]
+				path = append(path, l.Name)
+				masters = append(masters, l.Master)
+				if !slices.Contains(l.Apps, id) {
+					l.Apps = append(l.Apps, id)
+				}
 			}
-			l := byLinkID[h.link]
-			a.Path = append(a.Path, l.Name)
-			a.Masters = append(a.Masters, l.Master)
-			l.Apps = append(l.Apps, id)
+			nodes, _ = s.walk(a.MasterNode, a.SlaveNode, path, false)
+			return path, masters, nodes
 		}
-		a.Nodes, _ = s.walk(a.MasterNode, a.SlaveNode, a.Path, false)
+		a.Path, a.Masters, a.Nodes = route(hops[id])
+		for _, g := range slices.Sorted(maps.Keys(drains[id])) {
+			r := Route{Gen: g}
+			r.Path, r.Masters, r.Nodes = route(drains[id][g])
+			a.Drains = append(a.Drains, r)
+		}
 	}
 	for _, l := range s.links {
 		sort.Strings(l.Apps)

@@ -62,6 +62,65 @@ type AppInfo struct {
 	Connected []string
 	// ChunkSize is the ETSI 004 key chunk size in bytes, 0 if none.
 	ChunkSize uint32
+	// Gen is the generation of Path: 0 when opened, one more at each
+	// reroute. Drains are the earlier paths, oldest first, kept so that
+	// keys already on them still reach the slave SAE's node.
+	Gen    uint32
+	Drains []Route
+}
+
+// Route is an earlier path of an application (a drain).
+type Route struct {
+	Gen     uint32
+	Path    []string
+	Nodes   []string
+	Masters []string
+}
+
+// MaxDrains bounds the earlier paths an application keeps; a reroute past
+// it drops the oldest. MaxGen bounds the generations (a key_ID holds the
+// generation in 8 bits of its sequence number).
+const (
+	MaxDrains = 4
+	MaxGen    = 255
+)
+
+// allNodes is every node of the application's current and earlier paths,
+// current path first.
+func (a *AppInfo) allNodes() []string {
+	out := slices.Clone(a.Nodes)
+	for _, d := range a.Drains {
+		for _, n := range d.Nodes {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// allLinks is every link of the application's current and earlier paths.
+func (a *AppInfo) allLinks() []string {
+	out := slices.Clone(a.Path)
+	for _, d := range a.Drains {
+		for _, l := range d.Path {
+			if !slices.Contains(out, l) {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
+
+func (a *AppInfo) clone() *AppInfo {
+	cp := *a
+	cp.Path, cp.Nodes, cp.Masters = slices.Clone(a.Path), slices.Clone(a.Nodes), slices.Clone(a.Masters)
+	cp.Connected = slices.Clone(a.Connected)
+	cp.Drains = nil
+	for _, d := range a.Drains {
+		cp.Drains = append(cp.Drains, Route{Gen: d.Gen, Path: slices.Clone(d.Path), Nodes: slices.Clone(d.Nodes), Masters: slices.Clone(d.Masters)})
+	}
+	return &cp
 }
 
 // State is the replicated state.
@@ -150,6 +209,11 @@ func (s *State) Apply(index uint64, c Command) (any, error) {
 		return s.openApp(*c.App)
 	case OpRemoveApp:
 		return nil, s.removeApp(c.Name)
+	case OpRerouteApp:
+		if c.App == nil {
+			return nil, invalid("reroute_app without app")
+		}
+		return s.rerouteApp(c.Name, c.App.Path)
 	case OpJoinApp, OpLeaveApp:
 		if c.SAE == nil {
 			return nil, invalid("%s without SAE", c.Op)
@@ -564,8 +628,7 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 		return nil, invalid("app_id %s is not the ID of the SAE pair %s -> %s", a.ID, a.MasterSAE, a.SlaveSAE)
 	}
 	if have, ok := s.apps[a.ID]; ok {
-		cp := *have
-		return &cp, ErrAppExists
+		return have.clone(), ErrAppExists
 	}
 	mn, ok := s.saes[a.MasterSAE]
 	if !ok {
@@ -596,71 +659,186 @@ func (s *State) openApp(a AppSpec) (*AppInfo, error) {
 	for _, name := range a.Path {
 		info.Masters = append(info.Masters, s.links[name].Master)
 	}
-	// Build and check every node's qkd_app entry first; attach them only
-	// when all are valid, so a refused application changes nothing.
-	entries := make([]*qkd015.App, len(nodes))
-	for i, n := range nodes {
-		t := s.nodes[n]
-		if qkd015.Apps(t)[a.ID] != nil {
+	for _, n := range nodes {
+		if qkd015.Apps(s.nodes[n])[a.ID] != nil {
 			return nil, exists("application %s at node %s", a.ID, n)
 		}
-		qa := &qkd015.App{AppId: ygot.String(a.ID), AppType: qkd015.AppClient,
-			ServerAppId: ygot.String(qkd015.SAEURI(a.MasterSAE)), ClientAppId: []string{qkd015.SAEURI(a.SlaveSAE)},
-			AppPriority: ygot.Uint32(a.Priority), LocalQkdnId: t.QkdnId}
-		if a.Created != "" {
-			qa.CreationTime = ygot.String(a.Created)
-		}
-		if a.ChunkSize > 0 {
-			qa.KeyChunkSize = ygot.Uint32(a.ChunkSize)
-		}
-		qa.ConnectedSae = slices.Clone(info.Connected)
-		qa.AppQos = &qkd015.AppQoS{MaxBandwidth: ygot.Uint32(a.QoS.MaxBandwidth), MinBandwidth: ygot.Uint32(a.QoS.MinBandwidth),
-			Jitter: ygot.Uint32(a.QoS.Jitter), Ttl: ygot.Uint32(a.QoS.TTL),
-			ClientsSharedPathEnable: ygot.Bool(a.QoS.SharedPath), ClientsSharedKeysRequired: ygot.Bool(a.QoS.SharedKeys)}
-		remote := sn
-		if n == sn {
-			remote = mn
-		}
-		qa.RemoteQkdnId = ygot.String(qkd015.NodeID(remote))
-		// This node's hops: the link before it and the link after it.
-		for _, h := range []int{i - 1, i} {
-			if h < 0 || h >= len(a.Path) {
-				continue
-			}
-			l := s.links[a.Path[h]]
-			if qkd015.Links(t)[l.ID] == nil {
-				return nil, notFound("link %s at node %s", l.Name, n)
-			}
-			qa.BackingQkdlId = append(qa.BackingQkdlId, l.ID)
-			hop := qa.GetOrCreateHops().GetOrCreateHop(l.ID)
-			hop.Index = ygot.Uint32(uint32(h))
-			hop.Role = qkd015.RoleSlave
-			if l.Master == n {
-				hop.Role = qkd015.RoleMaster
-			}
-		}
-		if err := qa.Validate(); err != nil {
-			return nil, invalid("application %s at node %s: %v", a.ID, n, err)
+	}
+	if err := s.place(info, nil); err != nil {
+		return nil, err
+	}
+	return info.clone(), nil
+}
+
+// place writes an application's qkd_app entry at every node of its current
+// and earlier paths, and removes it from the nodes in was (its nodes before
+// the change) that are on none of them. Every entry is built and checked
+// first and attached only when all are valid, so a refused change changes
+// nothing.
+func (s *State) place(info *AppInfo, was []string) error {
+	nodes := info.allNodes()
+	entries := make([]*qkd015.App, len(nodes))
+	for i, n := range nodes {
+		qa, err := s.appEntry(info, n)
+		if err != nil {
+			return err
 		}
 		entries[i] = qa
 	}
-	for i, n := range nodes {
-		t := s.nodes[n]
-		t.GetOrCreateQkdApplications().GetOrCreateQkdAppMap()[a.ID] = entries[i]
-		for _, id := range entries[i].BackingQkdlId {
-			ql := qkd015.Links(t)[id]
-			ql.QkdlApplications = append(ql.QkdlApplications, a.ID)
+	links := info.allLinks()
+	for _, n := range was {
+		if !slices.Contains(nodes, n) {
+			s.unplace(info.ID, n)
 		}
 	}
-	s.apps[a.ID] = info
-	s.touch(nodes...)
-	for _, name := range a.Path {
-		l := s.links[name]
-		l.Apps = append(l.Apps, a.ID)
-		slices.Sort(l.Apps) // as Restore rebuilds it
+	for i, n := range nodes {
+		t := s.nodes[n]
+		t.GetOrCreateQkdApplications().GetOrCreateQkdAppMap()[info.ID] = entries[i]
+		for id, ql := range qkd015.Links(t) {
+			on := slices.Contains(entries[i].BackingQkdlId, id)
+			has := slices.Contains(ql.QkdlApplications, info.ID)
+			switch {
+			case on && !has:
+				ql.QkdlApplications = append(ql.QkdlApplications, info.ID)
+			case !on && has:
+				ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == info.ID })
+				if len(ql.QkdlApplications) == 0 {
+					ql.QkdlApplications = nil
+				}
+			}
+		}
 	}
-	cp := *info
-	return &cp, nil
+	s.apps[info.ID] = info
+	s.touch(nodes...)
+	s.touch(was...)
+	for _, l := range s.links {
+		on := slices.Contains(links, l.Name)
+		has := slices.Contains(l.Apps, info.ID)
+		switch {
+		case on && !has:
+			l.Apps = append(l.Apps, info.ID)
+			slices.Sort(l.Apps) // as Restore rebuilds it
+		case !on && has:
+			l.Apps = slices.DeleteFunc(l.Apps, func(x string) bool { return x == info.ID })
+		}
+	}
+	return nil
+}
+
+// unplace removes an application's entry from a node's tree.
+func (s *State) unplace(id, node string) {
+	t := s.nodes[node]
+	t.GetQkdApplications().DeleteQkdApp(id)
+	for _, ql := range qkd015.Links(t) {
+		ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == id })
+		if len(ql.QkdlApplications) == 0 {
+			ql.QkdlApplications = nil
+		}
+	}
+}
+
+// appEntry builds an application's qkd_app entry for node n: its hops on
+// the current path and its drain hops on the earlier ones.
+func (s *State) appEntry(a *AppInfo, n string) (*qkd015.App, error) {
+	t := s.nodes[n]
+	qa := &qkd015.App{AppId: ygot.String(a.ID), AppType: qkd015.AppClient,
+		ServerAppId: ygot.String(qkd015.SAEURI(a.MasterSAE)), ClientAppId: []string{qkd015.SAEURI(a.SlaveSAE)},
+		AppPriority: ygot.Uint32(a.Priority), LocalQkdnId: t.QkdnId}
+	if a.Created != "" {
+		qa.CreationTime = ygot.String(a.Created)
+	}
+	if a.ChunkSize > 0 {
+		qa.KeyChunkSize = ygot.Uint32(a.ChunkSize)
+	}
+	if a.Gen > 0 {
+		qa.PathGeneration = ygot.Uint32(a.Gen)
+	}
+	qa.ConnectedSae = slices.Clone(a.Connected)
+	qa.AppQos = &qkd015.AppQoS{MaxBandwidth: ygot.Uint32(a.QoS.MaxBandwidth), MinBandwidth: ygot.Uint32(a.QoS.MinBandwidth),
+		Jitter: ygot.Uint32(a.QoS.Jitter), Ttl: ygot.Uint32(a.QoS.TTL),
+		ClientsSharedPathEnable: ygot.Bool(a.QoS.SharedPath), ClientsSharedKeysRequired: ygot.Bool(a.QoS.SharedKeys)}
+	remote := a.SlaveNode
+	if n == a.SlaveNode {
+		remote = a.MasterNode
+	}
+	qa.RemoteQkdnId = ygot.String(qkd015.NodeID(remote))
+	// This node's hops on a path: the link before it and the link after it.
+	hopsOn := func(path, nodes []string, add func(l *LinkInfo, index uint32, role qkd015.KMMRole)) error {
+		i := slices.Index(nodes, n)
+		if i < 0 {
+			return nil
+		}
+		for _, h := range []int{i - 1, i} {
+			if h < 0 || h >= len(path) {
+				continue
+			}
+			l := s.links[path[h]]
+			if qkd015.Links(t)[l.ID] == nil {
+				return notFound("link %s at node %s", l.Name, n)
+			}
+			if !slices.Contains(qa.BackingQkdlId, l.ID) {
+				qa.BackingQkdlId = append(qa.BackingQkdlId, l.ID)
+			}
+			role := qkd015.RoleSlave
+			if l.Master == n {
+				role = qkd015.RoleMaster
+			}
+			add(l, uint32(h), role)
+		}
+		return nil
+	}
+	if err := hopsOn(a.Path, a.Nodes, func(l *LinkInfo, index uint32, role qkd015.KMMRole) {
+		hop := qa.GetOrCreateHops().GetOrCreateHop(l.ID)
+		hop.Index, hop.Role = ygot.Uint32(index), role
+	}); err != nil {
+		return nil, err
+	}
+	for _, d := range a.Drains {
+		if err := hopsOn(d.Path, d.Nodes, func(l *LinkInfo, index uint32, role qkd015.KMMRole) {
+			hop := qa.GetOrCreateDrainHops().GetOrCreateDrainHop(d.Gen, l.ID)
+			hop.Index, hop.Role = ygot.Uint32(index), role
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if err := qa.Validate(); err != nil {
+		return nil, invalid("application %s at node %s: %v", a.ID, n, err)
+	}
+	return qa, nil
+}
+
+// rerouteApp moves an application to a new path of enabled links, as a new
+// generation; its current path becomes the newest drain (the oldest is
+// dropped past MaxDrains).
+func (s *State) rerouteApp(id string, path []string) (*AppInfo, error) {
+	a, ok := s.apps[id]
+	if !ok {
+		return nil, notFound("application %q", id)
+	}
+	if slices.Equal(path, a.Path) {
+		return nil, invalid("application %s already runs on path %v", id, path)
+	}
+	if a.Gen >= MaxGen {
+		return nil, invalid("application %s has been rerouted %d times, the most a stream can be", id, a.Gen)
+	}
+	nodes, err := s.CheckPath(a.MasterNode, a.SlaveNode, path)
+	if err != nil {
+		return nil, err
+	}
+	next := a.clone()
+	next.Drains = append(next.Drains, Route{Gen: a.Gen, Path: next.Path, Nodes: next.Nodes, Masters: next.Masters})
+	if len(next.Drains) > MaxDrains {
+		next.Drains = next.Drains[len(next.Drains)-MaxDrains:]
+	}
+	next.Gen = a.Gen + 1
+	next.Path, next.Nodes, next.Masters = slices.Clone(path), nodes, nil
+	for _, name := range path {
+		next.Masters = append(next.Masters, s.links[name].Master)
+	}
+	if err := s.place(next, a.allNodes()); err != nil {
+		return nil, err
+	}
+	return next.clone(), nil
 }
 
 // ErrAppExists is returned with the existing application when open_app
@@ -672,19 +850,13 @@ func (s *State) removeApp(id string) error {
 	if !ok {
 		return notFound("application %q", id)
 	}
-	for _, n := range a.Nodes {
-		t := s.nodes[n]
-		t.GetQkdApplications().DeleteQkdApp(id)
-		for _, ql := range qkd015.Links(t) {
-			ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == id })
-			if len(ql.QkdlApplications) == 0 {
-				ql.QkdlApplications = nil
-			}
-		}
+	nodes := a.allNodes()
+	for _, n := range nodes {
+		s.unplace(id, n)
 	}
 	delete(s.apps, id)
-	s.touch(a.Nodes...)
-	for _, name := range a.Path {
+	s.touch(nodes...)
+	for _, name := range a.allLinks() {
 		l := s.links[name]
 		l.Apps = slices.DeleteFunc(l.Apps, func(x string) bool { return x == id })
 	}
@@ -718,13 +890,12 @@ func (s *State) connect(appID, sae string, join bool) (*AppInfo, error) {
 	if len(next) == 0 {
 		return nil, s.removeApp(appID)
 	}
-	for _, n := range a.Nodes {
+	for _, n := range a.allNodes() {
 		s.nodes[n].GetQkdApplications().GetQkdApp(appID).ConnectedSae = slices.Clone(next)
 	}
 	a.Connected = next
-	s.touch(a.Nodes...)
-	cp := *a
-	return &cp, nil
+	s.touch(a.allNodes()...)
+	return a.clone(), nil
 }
 
 // ---- reads ----
@@ -779,7 +950,7 @@ func (s *State) App(id string) (AppInfo, bool) {
 	if !ok {
 		return AppInfo{}, false
 	}
-	return *a, true
+	return *a.clone(), true
 }
 
 func (s *State) sortedApps() []*AppInfo {
@@ -792,7 +963,7 @@ func (s *State) sortedApps() []*AppInfo {
 func (s *State) Apps() []AppInfo {
 	var out []AppInfo
 	for _, a := range s.sortedApps() {
-		out = append(out, *a)
+		out = append(out, *a.clone())
 	}
 	return out
 }
