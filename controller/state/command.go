@@ -22,8 +22,8 @@ const (
 	OpRemoveSAE    Op = "remove_sae"
 	OpOpenApp      Op = "open_app"
 	OpRemoveApp    Op = "remove_app"
-	OpJoinApp      Op = "join_app"  // an SAE connects to an application (ETSI 004 OPEN_CONNECT)
-	OpLeaveApp     Op = "leave_app" // an SAE closes it (ETSI 004 CLOSE); the last one removes it
+	OpJoinApp      Op = "join_app"    // an SAE connects to an application (ETSI 004 OPEN_CONNECT)
+	OpLeaveApp     Op = "leave_app"   // an SAE closes it (ETSI 004 CLOSE); the last one removes it
 	OpRerouteApp   Op = "reroute_app" // Name, App.Path: the application's new path (a new generation)
 	OpSetMember    Op = "set_member"
 	OpRemoveMember Op = "remove_member"
