@@ -288,13 +288,20 @@ func (s *southbound) status() *qkdv1.NodeStatus {
 	s.mu.Unlock()
 	apps := slices.SortedFunc(maps.Values(v.apps), func(a, b appView) int { return cmp.Compare(a.id, b.id) })
 	for _, a := range apps {
-		id := kmm.StreamID(a.master, a.slave)
-		delivered := counters["stream/"+id+"/delivered_enc"]
+		base := kmm.StreamID(a.master, a.slave)
+		what := "delivered_enc"
 		if v.saes[a.slave] == s.cfg.Node {
-			delivered = counters["stream/"+id+"/delivered_dec"]
+			what = "delivered_dec"
+		}
+		// Keys delivered from every path generation; keys available on the
+		// current one (those of earlier paths are no longer served here
+		// at the master's end).
+		var delivered uint64
+		for _, g := range append([]uint32{a.gen}, sortedNames(a.drains)...) {
+			delivered += counters[keystore.StreamCounter(kmm.GenStreamID(base, g), what)]
 		}
 		out.Applications = append(out.Applications, &qkdv1.ApplicationStatus{AppId: a.id, Status: "ON",
-			KeysDelivered: delivered, KeysAvailable: uint64(s.store.StreamCount(id))})
+			KeysDelivered: delivered, KeysAvailable: uint64(s.store.StreamCount(kmm.GenStreamID(base, a.gen)))})
 	}
 	return out
 }
@@ -305,78 +312,95 @@ func sortedNames[K cmp.Ordered, V any](m map[K]V) []K { return slices.Sorted(map
 // applications, and its part in each multi-hop one. On the path
 // N0 .. Nn of an application from the master SAE's node N0, node Nj holds
 // the end-to-end stream S (over the first link at N0 and N1; arriving by
-// relay further on) and the stream S#i of each hop i >= 1 it touches.
+// relay further on) and the stream S#i of each hop i >= 1 it touches. A
+// rerouted application has such a set for its current path's generation
+// and for each earlier path (draining) with hops at this node.
 func (s *southbound) streamsOf(v *view) ([]keystore.Stream, []kmm.RelayPlan, error) {
 	var out []keystore.Stream
 	var plans []kmm.RelayPlan
 	for _, a := range v.apps {
-		if len(a.hopLinks) == 0 {
-			continue
-		}
-		id := kmm.StreamID(a.master, a.slave)
-		qos := s.kmm.DefaultQoS()
-		qos.Priority = a.priority
-		qos.TTL = a.ttl
-		var idx []uint32
-		for i := range a.hopLinks {
-			idx = append(idx, i)
-		}
-		slices.Sort(idx)
-		// This node's position j on the path.
-		var j uint32
-		switch {
-		case v.saes[a.master] == s.cfg.Node:
-			j = 0
-		default:
-			j = idx[len(idx)-1]
-			if v.saes[a.slave] == s.cfg.Node {
-				j++
-			}
-		}
-		hop := func(i uint32) (*kmm.RelayHop, error) {
-			name, ok := a.hopLinks[i]
-			l, lok := v.links[name]
-			if !ok || !lok {
-				return nil, fmt.Errorf("application %s: hop %d does not end at this node", a.id, i)
-			}
-			hs := id
-			if i > 0 {
-				hs = kmm.HopStreamID(id, int(i))
-			}
-			return &kmm.RelayHop{Stream: hs, Link: name, Peer: l.Peer}, nil
-		}
-		var in, outHop *kmm.RelayHop
-		var err error
-		if j > 0 {
-			if in, err = hop(j - 1); err != nil {
+		base := kmm.StreamID(a.master, a.slave)
+		if len(a.hopLinks) > 0 {
+			st, p, err := s.routeOf(v, a, base, a.gen, a.hopLinks, false)
+			if err != nil {
 				return nil, nil, err
 			}
+			out, plans = append(out, st...), append(plans, p)
 		}
-		if v.saes[a.slave] != s.cfg.Node {
-			if outHop, err = hop(j); err != nil {
+		for _, g := range sortedNames(a.drains) {
+			st, p, err := s.routeOf(v, a, base, g, a.drains[g], true)
+			if err != nil {
 				return nil, nil, err
 			}
+			out, plans = append(out, st...), append(plans, p)
 		}
-		for _, h := range []*kmm.RelayHop{in, outHop} {
-			if h == nil {
-				continue
-			}
-			q := qos
-			if l := v.links[h.Link]; a.minBitsPerS > 0 && l.KeyBytes > 0 {
-				q.KeyRate = max(q.KeyRate, a.minBitsPerS/uint32(8*l.KeyBytes))
-			}
-			out = append(out, keystore.Stream{ID: h.Stream, MasterSAE: a.master, SlaveSAE: a.slave, Link: h.Link, QoS: q})
-		}
-		if j >= 2 {
-			// S arrives here by relay: a stream on no link, so that nothing
-			// allocates into it.
-			out = append(out, keystore.Stream{ID: id, MasterSAE: a.master, SlaveSAE: a.slave, Link: "relay:" + in.Link, QoS: qos})
-		}
-		// Every node's plan names its hops, so that key synchronisation on
-		// them is accepted (the hop streams of a multi-hop path join SAEs
-		// that are not on the hop's two nodes); only nodes with both an in
-		// and an out hop relay.
-		plans = append(plans, kmm.RelayPlan{Stream: id, In: in, Out: outHop})
 	}
 	return out, plans, nil
+}
+
+// routeOf is streamsOf for one path generation of an application, whose
+// hops at this node are hopLinks (path index -> link).
+func (s *southbound) routeOf(v *view, a appView, base string, gen uint32, hopLinks map[uint32]string, draining bool) ([]keystore.Stream, kmm.RelayPlan, error) {
+	var out []keystore.Stream
+	id := kmm.GenStreamID(base, gen)
+	first := kmm.GenFirstSeq(gen)
+	qos := s.kmm.DefaultQoS()
+	qos.Priority = a.priority
+	qos.TTL = a.ttl
+	idx := sortedNames(hopLinks)
+	// This node's position j on the path.
+	var j uint32
+	switch {
+	case v.saes[a.master] == s.cfg.Node:
+		j = 0
+	default:
+		j = idx[len(idx)-1]
+		if v.saes[a.slave] == s.cfg.Node {
+			j++
+		}
+	}
+	hop := func(i uint32) (*kmm.RelayHop, error) {
+		name, ok := hopLinks[i]
+		l, lok := v.links[name]
+		if !ok || !lok {
+			return nil, fmt.Errorf("application %s: hop %d of path generation %d does not end at this node", a.id, i, gen)
+		}
+		hs := id
+		if i > 0 {
+			hs = kmm.HopStreamID(id, int(i))
+		}
+		return &kmm.RelayHop{Stream: hs, Link: name, Peer: l.Peer}, nil
+	}
+	var in, outHop *kmm.RelayHop
+	var err error
+	if j > 0 {
+		if in, err = hop(j - 1); err != nil {
+			return nil, kmm.RelayPlan{}, err
+		}
+	}
+	if v.saes[a.slave] != s.cfg.Node {
+		if outHop, err = hop(j); err != nil {
+			return nil, kmm.RelayPlan{}, err
+		}
+	}
+	for _, h := range []*kmm.RelayHop{in, outHop} {
+		if h == nil {
+			continue
+		}
+		q := qos
+		if l := v.links[h.Link]; a.minBitsPerS > 0 && l.KeyBytes > 0 {
+			q.KeyRate = max(q.KeyRate, a.minBitsPerS/uint32(8*l.KeyBytes))
+		}
+		out = append(out, keystore.Stream{ID: h.Stream, MasterSAE: a.master, SlaveSAE: a.slave, Link: h.Link, QoS: q, FirstSeq: first, Draining: draining})
+	}
+	if j >= 2 {
+		// S arrives here by relay: a stream on no link, so that nothing
+		// allocates into it.
+		out = append(out, keystore.Stream{ID: id, MasterSAE: a.master, SlaveSAE: a.slave, Link: "relay:" + in.Link, QoS: qos, FirstSeq: first, Draining: draining})
+	}
+	// Every node's plan names its hops, so that key synchronisation on
+	// them is accepted (the hop streams of a multi-hop path join SAEs that
+	// are not on the hop's two nodes); only nodes with both an in and an
+	// out hop relay.
+	return out, kmm.RelayPlan{Stream: id, Base: base, Gen: gen, Draining: draining, In: in, Out: outHop}, nil
 }

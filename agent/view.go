@@ -47,6 +47,10 @@ type appView struct {
 	connected   []string
 	// hopLinks maps the path index of each hop at this node to its link.
 	hopLinks map[uint32]string
+	// gen is the generation of the current path; drains maps each earlier
+	// path generation with hops at this node to them (index -> link).
+	gen    uint32
+	drains map[uint32]map[uint32]string
 }
 
 func emptyView(node string) *view {
@@ -113,6 +117,14 @@ type pushedApp struct {
 	RemoteKmeID    string   `json:"qkdnet-sdn-ext:remote_kme_id"`
 	ChunkSize      uint32   `json:"qkdnet-sdn-ext:key_chunk_size"`
 	Connected      []string `json:"qkdnet-sdn-ext:connected_sae"`
+	Gen            uint32   `json:"qkdnet-sdn-ext:path_generation"`
+	DrainHops      struct {
+		Hop []struct {
+			Gen   uint32 `json:"generation"`
+			ID    string `json:"qkdl_id"`
+			Index uint32 `json:"index"`
+		} `json:"drain_hop"`
+	} `json:"qkdnet-sdn-ext:drain_hops"`
 }
 
 // viewOf reads a pushed configuration. It refuses one meant for another node.
@@ -177,6 +189,16 @@ func viewOf(node string, version uint64, doc []byte) (*view, error) {
 		for _, h := range qa.Hops.Hop {
 			a.link = byLinkID[h.ID]
 			a.hopLinks[h.Index] = byLinkID[h.ID]
+		}
+		a.gen = qa.Gen
+		for _, h := range qa.DrainHops.Hop {
+			if a.drains == nil {
+				a.drains = map[uint32]map[uint32]string{}
+			}
+			if a.drains[h.Gen] == nil {
+				a.drains[h.Gen] = map[uint32]string{}
+			}
+			a.drains[h.Gen][h.Index] = byLinkID[h.ID]
 		}
 		// The SAE at the other end sits at remote_qkdn_id, which the
 		// controller names (it may be several hops away).

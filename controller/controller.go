@@ -45,6 +45,11 @@ type Config struct {
 	ApplyTimeout time.Duration
 	// Clock is the leader's clock for creation times; default time.Now.
 	Clock func() time.Time
+	// RerouteInterval is how often the leader looks for applications on a
+	// link that is down; default 250 ms. RerouteHoldoff is the least time
+	// between two reroutes of one application, so a flapping link cannot
+	// use up its generations; default 2 s.
+	RerouteInterval, RerouteHoldoff time.Duration
 }
 
 // Controller is one replica.
@@ -63,6 +68,12 @@ func New(cfg Config, r *raft.Raft, fsm *FSM, logger *slog.Logger) *Controller {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
+	}
+	if cfg.RerouteInterval <= 0 {
+		cfg.RerouteInterval = 250 * time.Millisecond
+	}
+	if cfg.RerouteHoldoff <= 0 {
+		cfg.RerouteHoldoff = 2 * time.Second
 	}
 	return &Controller{cfg: cfg, raft: r, fsm: fsm, hub: newHub(), logger: logger}
 }
@@ -150,6 +161,7 @@ func (c *Controller) lead(ctx context.Context) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	go c.rerouteLoop(ctx)
 	c.pushLoop(ctx)
 }
 

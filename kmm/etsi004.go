@@ -257,6 +257,12 @@ func peerOf(a AppView, sae string) string {
 	return a.Master
 }
 
+// chunkGenShift splits a chunk index: its top 8 bits are the path
+// generation of the key stream (see GenStreamID), the rest the chunk's
+// place in that generation. A stream that is never rerouted has 2^24
+// chunks; each reroute starts another 2^24.
+const chunkGenShift = 24
+
 // GetStreamKey implements ETSI 004 GET_KEY.
 func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) (*qkdv1.GetStreamKeyResponse, error) {
 	start := time.Now()
@@ -290,10 +296,18 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 			return nil, status.Errorf(codes.NotFound, "key stream %q is gone from this node", id)
 		}
 	}
+	base := StreamID(app.Master, app.Slave)
+	curGen, _ := k.currentGen(base)
 	k.c004.mu.Lock()
 	index := c.next
 	if req.Index != nil {
 		index = req.GetIndex()
+	} else if index>>chunkGenShift < curGen {
+		// The stream was rerouted: without an index, both parties move on
+		// to the new path's first chunk (the keys of the old one may be
+		// held up behind the link that failed). Earlier chunks can still
+		// be asked for by index.
+		index = curGen << chunkGenShift
 	}
 	delivered := c.delivered[index]
 	k.c004.mu.Unlock()
@@ -305,7 +319,8 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 		return &qkdv1.GetStreamKeyResponse{Status: Status004MetadataTooSmall, Index: index, MetadataSize: uint32(len(meta)),
 			Message: fmt.Sprintf("metadata needs %d bytes, the caller has room for %d", len(meta), req.GetMetadataSize())}, nil
 	}
-	st, ok := k.store.Stream(StreamID(app.Master, app.Slave))
+	gen := index >> chunkGenShift
+	st, ok := k.store.Stream(GenStreamID(base, gen))
 	if !ok {
 		return nil, k.toStatus(ctx, unavailable(fmt.Sprintf("key stream %s is not configured at this node yet", id)))
 	}
@@ -321,7 +336,9 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 		chunk = defaultChunk
 	}
 	per := partsPerKey(chunk*8, link.KeyBytes)
-	seq := uint64(index) * uint64(per)
+	first := GenFirstSeq(gen)
+	local := func(index uint32) uint64 { return uint64(index & (1<<chunkGenShift - 1)) }
+	seq := first + local(index)*uint64(per)
 	what := "delivered_enc"
 	if caller == app.Slave {
 		what = "delivered_dec"
@@ -348,8 +365,8 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 		if req.Index == nil {
 			if next, err := k.store.ReadSeqs(st.ID, seq, 1); err == nil && len(next) == 1 {
 				clear(next[0].Key)
-				if first := (next[0].Seq + uint64(per) - 1) / uint64(per); first > uint64(index) && first < 1<<32 {
-					index, seq = uint32(first), first*uint64(per)
+				if l := (next[0].Seq - first + uint64(per) - 1) / uint64(per); next[0].Seq >= first && l > local(index) && l < 1<<chunkGenShift {
+					index, seq = gen<<chunkGenShift|uint32(l), first+l*uint64(per)
 					continue
 				}
 			}

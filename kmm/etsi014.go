@@ -232,7 +232,10 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	case len(ids) > k.set.MaxKeysPerRequest:
 		return nil, badRequest("key_IDs", fmt.Sprintf("more than max_key_per_request %d", k.set.MaxKeysPerRequest))
 	}
-	streamID := StreamID(master, slave)
+	streamID, err := k.decStream(StreamID(master, slave), ids)
+	if err != nil {
+		return nil, err
+	}
 	keys, err := k.store.TakeIDs(streamID, ids)
 	// The Slave KMM may serve a key to its SAE the moment it applied the
 	// batch, before this (Master) KMM has the answer and commits. Such a key
@@ -291,6 +294,26 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	}
 	k.observeStream(streamID, start)
 	return container(keys), nil
+}
+
+// decStream is the stream of key stream base that holds the keys ids name:
+// that of the path generation their key_IDs say. Keys of two generations
+// (a reroute came between the enc_keys calls that got them) are refused
+// rather than served in part.
+func (k *KMM) decStream(base string, ids []string) (string, error) {
+	gen, first := uint32(0), ""
+	for _, id := range ids {
+		seq, ok := keystore.KeyIDSeq(id)
+		if !ok {
+			continue // TakeIDs names it
+		}
+		g := genOfSeq(seq)
+		if first != "" && g != gen {
+			return "", badRequest("key_IDs", fmt.Sprintf("key_IDs %s and %s come from two paths of the key stream (it was rerouted between them); ask for each path's keys in a request of its own", first, id))
+		}
+		gen, first = g, id
+	}
+	return GenStreamID(base, gen), nil
 }
 
 func container(keys []keystore.Served) *qkdv1.KeyContainer {

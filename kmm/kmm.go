@@ -304,7 +304,8 @@ func (k *KMM) openStream(ctx context.Context, master, slave string) (keystore.St
 	}
 	// A stream the controller configured (a multi-hop one runs over the
 	// path's first link, not a link to the slave's node).
-	if st, ok := k.store.Stream(StreamID(master, slave)); ok && k.apps != nil {
+	_, current := k.currentGen(StreamID(master, slave))
+	if st, ok := k.store.Stream(current); ok && k.apps != nil {
 		if l, ok := k.topo.LinkByID(st.Link); ok {
 			if l.Master {
 				k.alloc.Wake()
@@ -361,7 +362,7 @@ func (k *KMM) EnsureStream(st keystore.Stream) error {
 		st.QoS = k.set.DefaultQoS
 	}
 	have, existed := k.store.Stream(st.ID)
-	if existed && have.Link == st.Link && have.QoS == st.QoS {
+	if existed && have.Link == st.Link && have.QoS == st.QoS && have.Draining == st.Draining {
 		return nil
 	}
 	if _, err := k.store.PutStream(st); err != nil {
@@ -378,7 +379,7 @@ func (k *KMM) EnsureStream(st keystore.Stream) error {
 	// that the first request of either SAE (ETSI 004 asks for the first key
 	// at both ends right after OPEN_CONNECT) finds them, and a relay node
 	// can start relaying.
-	if l, ok := k.topo.LinkByID(st.Link); !existed && ok && l.Master {
+	if l, ok := k.topo.LinkByID(st.Link); !existed && !st.Draining && ok && l.Master {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -480,7 +481,7 @@ func (k *KMM) OpenStream(ctx context.Context, peer string, st keystore.Stream) (
 	if st.QoS == (keystore.QoS{}) {
 		st.QoS = k.set.DefaultQoS
 	}
-	out, err := k.store.PutStream(st)
+	out, err := k.store.PutStream(k.planned(st))
 	if err == nil {
 		k.alloc.Wake()
 	}
@@ -496,7 +497,7 @@ func (k *KMM) Apply(ctx context.Context, peer, batchID string, st keystore.Strea
 	if l.Master {
 		return nil, fmt.Errorf("node %s is not the master of link %s: %w", peer, l.ID, keysync.ErrNotMaster)
 	}
-	return k.store.Apply(batchID, st, firstSeq, keyIDs)
+	return k.store.Apply(batchID, k.planned(st), firstSeq, keyIDs)
 }
 
 // maxOnDemand bounds what one on-demand request may pull out of a pool.
@@ -516,7 +517,7 @@ func (k *KMM) RequestAllocation(ctx context.Context, peer string, st keystore.St
 		if st.QoS == (keystore.QoS{}) {
 			st.QoS = k.set.DefaultQoS
 		}
-		if _, err := k.store.PutStream(st); err != nil {
+		if _, err := k.store.PutStream(k.planned(st)); err != nil {
 			return 0, err
 		}
 	}

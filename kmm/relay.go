@@ -41,10 +41,19 @@ type RelayHop struct {
 	Peer   string
 }
 
-// RelayPlan is this node's part in a multi-hop key stream.
+// RelayPlan is this node's part in one path generation of a key stream.
 type RelayPlan struct {
-	// Stream is the end-to-end stream S (master SAE -> slave SAE).
+	// Stream is the end-to-end stream S of this path generation
+	// (GenStreamID of Base and Gen).
 	Stream string
+	// Base is the key stream's ID (StreamID of its SAEs, the stream of
+	// generation 0); empty means Stream. Gen is the path generation.
+	// Draining marks an earlier path of a rerouted key stream: its keys
+	// are still relayed to the slave's node, but the master's node serves
+	// only from the current generation.
+	Base     string
+	Gen      uint32
+	Draining bool
 	// In is the hop towards the master SAE's node, Out the hop towards the
 	// slave SAE's; nil at the end nodes.
 	In, Out *RelayHop
@@ -52,6 +61,57 @@ type RelayPlan struct {
 
 // HopStreamID names the stream of hop i (>= 1) of stream s.
 func HopStreamID(s string, hop int) string { return fmt.Sprintf("%s#%d", s, hop) }
+
+// Path generations. When the controller reroutes a key stream, the new
+// path's keys form a stream of their own, GenStreamID(S, g), whose sequence
+// numbers start at GenFirstSeq(g). A served key_ID holds the sequence
+// number of its first part (48 bits), so the slave's node finds the
+// generation of any key_ID from the ID alone; the path a key took never
+// has to be asked.
+const genShift = 40
+
+// GenStreamID names generation gen of key stream s (s itself for 0).
+func GenStreamID(s string, gen uint32) string {
+	if gen == 0 {
+		return s
+	}
+	return fmt.Sprintf("%s@%d", s, gen)
+}
+
+// GenFirstSeq is the first sequence number of generation gen.
+func GenFirstSeq(gen uint32) uint64 { return uint64(gen) << genShift }
+
+func genOfSeq(seq uint64) uint32 { return uint32(seq >> genShift) }
+
+// currentGen returns the path generation the key stream base is served
+// from at this node, and its stream: the plan that is not draining (none:
+// generation 0, base itself).
+func (k *KMM) currentGen(base string) (uint32, string) {
+	k.relay.mu.Lock()
+	defer k.relay.mu.Unlock()
+	for _, p := range k.relay.plans {
+		if p.Base == base && !p.Draining {
+			return p.Gen, p.Stream
+		}
+	}
+	return 0, base
+}
+
+// planned fills in what this node's plans say of a stream a peer KMM named:
+// where its sequence numbers start and whether it drains.
+func (k *KMM) planned(st keystore.Stream) keystore.Stream {
+	k.relay.mu.Lock()
+	defer k.relay.mu.Unlock()
+	for _, p := range k.relay.plans {
+		for _, h := range []*RelayHop{p.In, p.Out} {
+			if h != nil && h.Stream == st.ID {
+				st.FirstSeq, st.Draining = GenFirstSeq(p.Gen), p.Draining
+				return st
+			}
+		}
+	}
+	return st
+}
 
 // relays holds the node's plans.
 type relays struct {
@@ -69,6 +129,9 @@ type relays struct {
 func (k *KMM) SetRelays(plans []RelayPlan) {
 	m := map[string]RelayPlan{}
 	for _, p := range plans {
+		if p.Base == "" {
+			p.Base = p.Stream
+		}
 		m[p.Stream] = p
 	}
 	k.relay.mu.Lock()

@@ -162,7 +162,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 func (a *Allocator) Cycle(ctx context.Context) {
 	byLink := map[string][]keystore.Stream{}
 	for _, st := range a.store.Streams() {
-		if a.master(st.Link) {
+		// A draining stream (an earlier path of a rerouted one) gets keys
+		// only on demand.
+		if a.master(st.Link) && !st.Draining {
 			byLink[st.Link] = append(byLink[st.Link], st)
 		}
 	}
@@ -301,7 +303,7 @@ func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (
 	// eager stream of low priority must not starve them between cycles.
 	var streams []keystore.Stream
 	for _, st := range a.store.Streams() {
-		if st.Link == link {
+		if st.Link == link && (!st.Draining || st.ID == streamID) {
 			streams = append(streams, st)
 		}
 	}

@@ -96,3 +96,11 @@ func (p parsedKeyID) matches(streamID, firstPartID string) bool {
 	c[0] &= 0x3f
 	return c == p.check
 }
+
+// KeyIDSeq returns the stream sequence number of the first part of the key
+// a served key_ID names (which says, for one thing, the path generation of
+// a rerouted key stream it came from).
+func KeyIDSeq(id string) (uint64, bool) {
+	p, err := parseKeyID(id)
+	return p.seq, err == nil
+}

@@ -83,6 +83,14 @@ type Stream struct {
 	// NextSeq is the sequence number the Master KMM gives the next key it
 	// allocates to the stream.
 	NextSeq uint64 `json:"next_seq"`
+	// FirstSeq is where a new stream's sequence numbers start: 0, or
+	// generation<<40 for a stream of a rerouted path, so that no two
+	// generations of a key stream share a sequence number.
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	// Draining marks a stream of an earlier path of a rerouted key stream:
+	// it is never allocated keys by the cycle, only on demand (the pads a
+	// relay of its remaining keys needs).
+	Draining bool `json:"draining,omitempty"`
 }
 
 // Options tune a Store.
@@ -710,8 +718,8 @@ const appendFill = 1.0
 
 // ---- streams (App Store) ----
 
-// PutStream creates a stream or updates its QoS; an existing stream keeps its
-// link and sequence counter.
+// PutStream creates a stream or updates its QoS and Draining; an existing
+// stream keeps its link and sequence counter.
 func (s *Store) PutStream(st Stream) (Stream, error) {
 	var out Stream
 	err := s.update(func(tx *bolt.Tx) error {
@@ -732,13 +740,13 @@ func (s *Store) putStream(tx *bolt.Tx, st Stream) (Stream, error) {
 		if err := json.Unmarshal(v, &old); err != nil {
 			return Stream{}, ErrCorrupt
 		}
-		if old.QoS == st.QoS {
+		if old.QoS == st.QoS && old.Draining == st.Draining {
 			return old, nil
 		}
-		old.QoS = st.QoS
+		old.QoS, old.Draining = st.QoS, st.Draining
 		st = old
 	} else {
-		st.NextSeq = 0
+		st.NextSeq = st.FirstSeq
 	}
 	return st, s.writeStream(tx, st)
 }
