@@ -269,7 +269,7 @@ func (a *networkAPI) RemoveApplication(ctx context.Context, req *qkdv1.RemoveApp
 func (c *Controller) appProto(a state.AppInfo, live map[string]nodeLive) *qkdv1.Application {
 	out := &qkdv1.Application{
 		AppId: a.ID, MasterSaeId: a.MasterSAE, SlaveSaeId: a.SlaveSAE, MasterNode: a.MasterNode, SlaveNode: a.SlaveNode,
-		Priority: a.Priority, ConnectedSaes: a.Connected, KeyChunkSize: a.ChunkSize,
+		Priority: a.Priority, ConnectedSaes: a.Connected, KeyChunkSize: a.ChunkSize, PathGeneration: a.Gen,
 		Qos: &qkdv1.AppQoS{MaxBandwidth: a.QoS.MaxBandwidth, MinBandwidth: a.QoS.MinBandwidth, Jitter: a.QoS.Jitter, Ttl: a.QoS.TTL,
 			ClientsSharedPathEnable: a.QoS.SharedPath, ClientsSharedKeysRequired: a.QoS.SharedKeys},
 	}
@@ -282,6 +282,9 @@ func (c *Controller) appProto(a state.AppInfo, live map[string]nodeLive) *qkdv1.
 			}
 		}
 		out.Hops = append(out.Hops, h)
+	}
+	for _, d := range a.Drains {
+		out.Draining = append(out.Draining, &qkdv1.DrainingPath{PathGeneration: d.Gen, Links: d.Path})
 	}
 	for node, l := range live {
 		for _, as := range l.status.GetApplications() {

@@ -1114,8 +1114,13 @@ type Application struct {
 	// connected_saes are the SAEs connected through ETSI 004.
 	ConnectedSaes []string `protobuf:"bytes,11,rep,name=connected_saes,json=connectedSaes,proto3" json:"connected_saes,omitempty"`
 	KeyChunkSize  uint32   `protobuf:"varint,12,opt,name=key_chunk_size,json=keyChunkSize,proto3" json:"key_chunk_size,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// path_generation is 0 when the application was opened and one more at
+	// each reroute around a link that went down; draining are its earlier
+	// paths, whose keys already on their way still reach the slave's node.
+	PathGeneration uint32          `protobuf:"varint,13,opt,name=path_generation,json=pathGeneration,proto3" json:"path_generation,omitempty"`
+	Draining       []*DrainingPath `protobuf:"bytes,14,rep,name=draining,proto3" json:"draining,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Application) Reset() {
@@ -1232,6 +1237,73 @@ func (x *Application) GetKeyChunkSize() uint32 {
 	return 0
 }
 
+func (x *Application) GetPathGeneration() uint32 {
+	if x != nil {
+		return x.PathGeneration
+	}
+	return 0
+}
+
+func (x *Application) GetDraining() []*DrainingPath {
+	if x != nil {
+		return x.Draining
+	}
+	return nil
+}
+
+// DrainingPath is an earlier path of a rerouted application.
+type DrainingPath struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	PathGeneration uint32                 `protobuf:"varint,1,opt,name=path_generation,json=pathGeneration,proto3" json:"path_generation,omitempty"`
+	Links          []string               `protobuf:"bytes,2,rep,name=links,proto3" json:"links,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DrainingPath) Reset() {
+	*x = DrainingPath{}
+	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainingPath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainingPath) ProtoMessage() {}
+
+func (x *DrainingPath) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainingPath.ProtoReflect.Descriptor instead.
+func (*DrainingPath) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DrainingPath) GetPathGeneration() uint32 {
+	if x != nil {
+		return x.PathGeneration
+	}
+	return 0
+}
+
+func (x *DrainingPath) GetLinks() []string {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
 // ConnectApplicationRequest connects or disconnects an SAE.
 type ConnectApplicationRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1244,7 +1316,7 @@ type ConnectApplicationRequest struct {
 
 func (x *ConnectApplicationRequest) Reset() {
 	*x = ConnectApplicationRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	mi := &file_qkd_v1_controller_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1328,7 @@ func (x *ConnectApplicationRequest) String() string {
 func (*ConnectApplicationRequest) ProtoMessage() {}
 
 func (x *ConnectApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[16]
+	mi := &file_qkd_v1_controller_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1341,7 @@ func (x *ConnectApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectApplicationRequest.ProtoReflect.Descriptor instead.
 func (*ConnectApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{16}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConnectApplicationRequest) GetAppId() string {
@@ -1305,7 +1377,7 @@ type ConnectApplicationResponse struct {
 
 func (x *ConnectApplicationResponse) Reset() {
 	*x = ConnectApplicationResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[17]
+	mi := &file_qkd_v1_controller_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1389,7 @@ func (x *ConnectApplicationResponse) String() string {
 func (*ConnectApplicationResponse) ProtoMessage() {}
 
 func (x *ConnectApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[17]
+	mi := &file_qkd_v1_controller_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1402,7 @@ func (x *ConnectApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectApplicationResponse.ProtoReflect.Descriptor instead.
 func (*ConnectApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{17}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConnectApplicationResponse) GetApplication() *Application {
@@ -1361,7 +1433,7 @@ type OpenApplicationResponse struct {
 
 func (x *OpenApplicationResponse) Reset() {
 	*x = OpenApplicationResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[18]
+	mi := &file_qkd_v1_controller_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1445,7 @@ func (x *OpenApplicationResponse) String() string {
 func (*OpenApplicationResponse) ProtoMessage() {}
 
 func (x *OpenApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[18]
+	mi := &file_qkd_v1_controller_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1458,7 @@ func (x *OpenApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenApplicationResponse.ProtoReflect.Descriptor instead.
 func (*OpenApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{18}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *OpenApplicationResponse) GetApplication() *Application {
@@ -1419,7 +1491,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[19]
+	mi := &file_qkd_v1_controller_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1503,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[19]
+	mi := &file_qkd_v1_controller_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1516,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{19}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{20}
 }
 
 // Member is one controller replica.
@@ -1462,7 +1534,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[20]
+	mi := &file_qkd_v1_controller_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1546,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[20]
+	mi := &file_qkd_v1_controller_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1559,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{20}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Member) GetId() string {
@@ -1546,7 +1618,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[21]
+	mi := &file_qkd_v1_controller_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1630,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[21]
+	mi := &file_qkd_v1_controller_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1643,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{21}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -1656,7 +1728,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[22]
+	mi := &file_qkd_v1_controller_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1740,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[22]
+	mi := &file_qkd_v1_controller_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1753,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{22}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1715,7 +1787,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[23]
+	mi := &file_qkd_v1_controller_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1727,7 +1799,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[23]
+	mi := &file_qkd_v1_controller_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1740,7 +1812,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{23}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JoinResponse) GetIndex() uint64 {
@@ -1760,7 +1832,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[24]
+	mi := &file_qkd_v1_controller_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1844,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[24]
+	mi := &file_qkd_v1_controller_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1857,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{24}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *LeaveRequest) GetId() string {
@@ -1805,7 +1877,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[25]
+	mi := &file_qkd_v1_controller_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1817,7 +1889,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[25]
+	mi := &file_qkd_v1_controller_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1830,7 +1902,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{25}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaveResponse) GetIndex() uint64 {
@@ -1849,7 +1921,7 @@ type GetNetworkRequest struct {
 
 func (x *GetNetworkRequest) Reset() {
 	*x = GetNetworkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[26]
+	mi := &file_qkd_v1_controller_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +1933,7 @@ func (x *GetNetworkRequest) String() string {
 func (*GetNetworkRequest) ProtoMessage() {}
 
 func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[26]
+	mi := &file_qkd_v1_controller_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +1946,7 @@ func (x *GetNetworkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkRequest.ProtoReflect.Descriptor instead.
 func (*GetNetworkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{26}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{27}
 }
 
 // NodeInfo is a node as the controller holds it.
@@ -1899,7 +1971,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[27]
+	mi := &file_qkd_v1_controller_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1911,7 +1983,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[27]
+	mi := &file_qkd_v1_controller_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1924,7 +1996,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{27}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *NodeInfo) GetName() string {
@@ -2015,7 +2087,7 @@ type LinkInfo struct {
 
 func (x *LinkInfo) Reset() {
 	*x = LinkInfo{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[28]
+	mi := &file_qkd_v1_controller_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +2099,7 @@ func (x *LinkInfo) String() string {
 func (*LinkInfo) ProtoMessage() {}
 
 func (x *LinkInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[28]
+	mi := &file_qkd_v1_controller_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +2112,7 @@ func (x *LinkInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkInfo.ProtoReflect.Descriptor instead.
 func (*LinkInfo) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{28}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LinkInfo) GetName() string {
@@ -2145,7 +2217,7 @@ type SAEInfo struct {
 
 func (x *SAEInfo) Reset() {
 	*x = SAEInfo{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[29]
+	mi := &file_qkd_v1_controller_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2157,7 +2229,7 @@ func (x *SAEInfo) String() string {
 func (*SAEInfo) ProtoMessage() {}
 
 func (x *SAEInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[29]
+	mi := &file_qkd_v1_controller_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2170,7 +2242,7 @@ func (x *SAEInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SAEInfo.ProtoReflect.Descriptor instead.
 func (*SAEInfo) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{29}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SAEInfo) GetSaeId() string {
@@ -2201,7 +2273,7 @@ type GetNetworkResponse struct {
 
 func (x *GetNetworkResponse) Reset() {
 	*x = GetNetworkResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[30]
+	mi := &file_qkd_v1_controller_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2285,7 @@ func (x *GetNetworkResponse) String() string {
 func (*GetNetworkResponse) ProtoMessage() {}
 
 func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[30]
+	mi := &file_qkd_v1_controller_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2298,7 @@ func (x *GetNetworkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNetworkResponse.ProtoReflect.Descriptor instead.
 func (*GetNetworkResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{30}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetNetworkResponse) GetNodes() []*NodeInfo {
@@ -2274,7 +2346,7 @@ type GetNodeConfigRequest struct {
 
 func (x *GetNodeConfigRequest) Reset() {
 	*x = GetNodeConfigRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[31]
+	mi := &file_qkd_v1_controller_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2358,7 @@ func (x *GetNodeConfigRequest) String() string {
 func (*GetNodeConfigRequest) ProtoMessage() {}
 
 func (x *GetNodeConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[31]
+	mi := &file_qkd_v1_controller_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2371,7 @@ func (x *GetNodeConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeConfigRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{31}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetNodeConfigRequest) GetNode() string {
@@ -2320,7 +2392,7 @@ type GetNodeConfigResponse struct {
 
 func (x *GetNodeConfigResponse) Reset() {
 	*x = GetNodeConfigResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[32]
+	mi := &file_qkd_v1_controller_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2404,7 @@ func (x *GetNodeConfigResponse) String() string {
 func (*GetNodeConfigResponse) ProtoMessage() {}
 
 func (x *GetNodeConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[32]
+	mi := &file_qkd_v1_controller_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2417,7 @@ func (x *GetNodeConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeConfigResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{32}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetNodeConfigResponse) GetConfigVersion() uint64 {
@@ -2372,7 +2444,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[33]
+	mi := &file_qkd_v1_controller_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2456,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[33]
+	mi := &file_qkd_v1_controller_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2469,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{33}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WriteResponse) GetConfigVersion() uint64 {
@@ -2419,7 +2491,7 @@ type AddNodeRequest struct {
 
 func (x *AddNodeRequest) Reset() {
 	*x = AddNodeRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[34]
+	mi := &file_qkd_v1_controller_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2431,7 +2503,7 @@ func (x *AddNodeRequest) String() string {
 func (*AddNodeRequest) ProtoMessage() {}
 
 func (x *AddNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[34]
+	mi := &file_qkd_v1_controller_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2444,7 +2516,7 @@ func (x *AddNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNodeRequest.ProtoReflect.Descriptor instead.
 func (*AddNodeRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{34}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AddNodeRequest) GetName() string {
@@ -2478,7 +2550,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[35]
+	mi := &file_qkd_v1_controller_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +2562,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[35]
+	mi := &file_qkd_v1_controller_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +2575,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{35}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveNodeRequest) GetName() string {
@@ -2533,7 +2605,7 @@ type AddLinkRequest struct {
 
 func (x *AddLinkRequest) Reset() {
 	*x = AddLinkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[36]
+	mi := &file_qkd_v1_controller_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2617,7 @@ func (x *AddLinkRequest) String() string {
 func (*AddLinkRequest) ProtoMessage() {}
 
 func (x *AddLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[36]
+	mi := &file_qkd_v1_controller_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2630,7 @@ func (x *AddLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLinkRequest.ProtoReflect.Descriptor instead.
 func (*AddLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{36}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AddLinkRequest) GetName() string {
@@ -2621,7 +2693,7 @@ type EnableLinkRequest struct {
 
 func (x *EnableLinkRequest) Reset() {
 	*x = EnableLinkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	mi := &file_qkd_v1_controller_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2705,7 @@ func (x *EnableLinkRequest) String() string {
 func (*EnableLinkRequest) ProtoMessage() {}
 
 func (x *EnableLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[37]
+	mi := &file_qkd_v1_controller_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2646,7 +2718,7 @@ func (x *EnableLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableLinkRequest.ProtoReflect.Descriptor instead.
 func (*EnableLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{37}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *EnableLinkRequest) GetName() string {
@@ -2673,7 +2745,7 @@ type RemoveLinkRequest struct {
 
 func (x *RemoveLinkRequest) Reset() {
 	*x = RemoveLinkRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[38]
+	mi := &file_qkd_v1_controller_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2685,7 +2757,7 @@ func (x *RemoveLinkRequest) String() string {
 func (*RemoveLinkRequest) ProtoMessage() {}
 
 func (x *RemoveLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[38]
+	mi := &file_qkd_v1_controller_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2698,7 +2770,7 @@ func (x *RemoveLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLinkRequest.ProtoReflect.Descriptor instead.
 func (*RemoveLinkRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{38}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveLinkRequest) GetName() string {
@@ -2719,7 +2791,7 @@ type AddSAERequest struct {
 
 func (x *AddSAERequest) Reset() {
 	*x = AddSAERequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[39]
+	mi := &file_qkd_v1_controller_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2731,7 +2803,7 @@ func (x *AddSAERequest) String() string {
 func (*AddSAERequest) ProtoMessage() {}
 
 func (x *AddSAERequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[39]
+	mi := &file_qkd_v1_controller_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2744,7 +2816,7 @@ func (x *AddSAERequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddSAERequest.ProtoReflect.Descriptor instead.
 func (*AddSAERequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{39}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AddSAERequest) GetSaeId() string {
@@ -2771,7 +2843,7 @@ type RemoveSAERequest struct {
 
 func (x *RemoveSAERequest) Reset() {
 	*x = RemoveSAERequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[40]
+	mi := &file_qkd_v1_controller_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +2855,7 @@ func (x *RemoveSAERequest) String() string {
 func (*RemoveSAERequest) ProtoMessage() {}
 
 func (x *RemoveSAERequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[40]
+	mi := &file_qkd_v1_controller_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +2868,7 @@ func (x *RemoveSAERequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSAERequest.ProtoReflect.Descriptor instead.
 func (*RemoveSAERequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{40}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RemoveSAERequest) GetSaeId() string {
@@ -2816,7 +2888,7 @@ type RemoveApplicationRequest struct {
 
 func (x *RemoveApplicationRequest) Reset() {
 	*x = RemoveApplicationRequest{}
-	mi := &file_qkd_v1_controller_proto_msgTypes[41]
+	mi := &file_qkd_v1_controller_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2828,7 +2900,7 @@ func (x *RemoveApplicationRequest) String() string {
 func (*RemoveApplicationRequest) ProtoMessage() {}
 
 func (x *RemoveApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_controller_proto_msgTypes[41]
+	mi := &file_qkd_v1_controller_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2841,7 +2913,7 @@ func (x *RemoveApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveApplicationRequest.ProtoReflect.Descriptor instead.
 func (*RemoveApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{41}
+	return file_qkd_v1_controller_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveApplicationRequest) GetAppId() string {
@@ -2937,7 +3009,7 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\vmaster_node\x18\x03 \x01(\tR\n" +
 	"masterNode\x12\x1d\n" +
 	"\n" +
-	"slave_node\x18\x04 \x01(\tR\tslaveNode\"\xf9\x03\n" +
+	"slave_node\x18\x04 \x01(\tR\tslaveNode\"\xd4\x04\n" +
 	"\vApplication\x12\x15\n" +
 	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\"\n" +
 	"\rmaster_sae_id\x18\x02 \x01(\tR\vmasterSaeId\x12 \n" +
@@ -2954,10 +3026,15 @@ const file_qkd_v1_controller_proto_rawDesc = "" +
 	"\x0ekeys_delivered\x18\n" +
 	" \x01(\x04R\rkeysDelivered\x12%\n" +
 	"\x0econnected_saes\x18\v \x03(\tR\rconnectedSaes\x12$\n" +
-	"\x0ekey_chunk_size\x18\f \x01(\rR\fkeyChunkSize\x1a;\n" +
+	"\x0ekey_chunk_size\x18\f \x01(\rR\fkeyChunkSize\x12'\n" +
+	"\x0fpath_generation\x18\r \x01(\rR\x0epathGeneration\x120\n" +
+	"\bdraining\x18\x0e \x03(\v2\x14.qkd.v1.DrainingPathR\bdraining\x1a;\n" +
 	"\rStatusesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\fDrainingPath\x12'\n" +
+	"\x0fpath_generation\x18\x01 \x01(\rR\x0epathGeneration\x12\x14\n" +
+	"\x05links\x18\x02 \x03(\tR\x05links\"c\n" +
 	"\x19ConnectApplicationRequest\x12\x15\n" +
 	"\x06app_id\x18\x01 \x01(\tR\x05appId\x12\x15\n" +
 	"\x06sae_id\x18\x02 \x01(\tR\x05saeId\x12\x18\n" +
@@ -3115,7 +3192,7 @@ func file_qkd_v1_controller_proto_rawDescGZIP() []byte {
 	return file_qkd_v1_controller_proto_rawDescData
 }
 
-var file_qkd_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_qkd_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_qkd_v1_controller_proto_goTypes = []any{
 	(*Interface)(nil),                  // 0: qkd.v1.Interface
 	(*Capabilities)(nil),               // 1: qkd.v1.Capabilities
@@ -3133,33 +3210,34 @@ var file_qkd_v1_controller_proto_goTypes = []any{
 	(*OpenApplicationRequest)(nil),     // 13: qkd.v1.OpenApplicationRequest
 	(*Hop)(nil),                        // 14: qkd.v1.Hop
 	(*Application)(nil),                // 15: qkd.v1.Application
-	(*ConnectApplicationRequest)(nil),  // 16: qkd.v1.ConnectApplicationRequest
-	(*ConnectApplicationResponse)(nil), // 17: qkd.v1.ConnectApplicationResponse
-	(*OpenApplicationResponse)(nil),    // 18: qkd.v1.OpenApplicationResponse
-	(*StatusRequest)(nil),              // 19: qkd.v1.StatusRequest
-	(*Member)(nil),                     // 20: qkd.v1.Member
-	(*StatusResponse)(nil),             // 21: qkd.v1.StatusResponse
-	(*JoinRequest)(nil),                // 22: qkd.v1.JoinRequest
-	(*JoinResponse)(nil),               // 23: qkd.v1.JoinResponse
-	(*LeaveRequest)(nil),               // 24: qkd.v1.LeaveRequest
-	(*LeaveResponse)(nil),              // 25: qkd.v1.LeaveResponse
-	(*GetNetworkRequest)(nil),          // 26: qkd.v1.GetNetworkRequest
-	(*NodeInfo)(nil),                   // 27: qkd.v1.NodeInfo
-	(*LinkInfo)(nil),                   // 28: qkd.v1.LinkInfo
-	(*SAEInfo)(nil),                    // 29: qkd.v1.SAEInfo
-	(*GetNetworkResponse)(nil),         // 30: qkd.v1.GetNetworkResponse
-	(*GetNodeConfigRequest)(nil),       // 31: qkd.v1.GetNodeConfigRequest
-	(*GetNodeConfigResponse)(nil),      // 32: qkd.v1.GetNodeConfigResponse
-	(*WriteResponse)(nil),              // 33: qkd.v1.WriteResponse
-	(*AddNodeRequest)(nil),             // 34: qkd.v1.AddNodeRequest
-	(*RemoveNodeRequest)(nil),          // 35: qkd.v1.RemoveNodeRequest
-	(*AddLinkRequest)(nil),             // 36: qkd.v1.AddLinkRequest
-	(*EnableLinkRequest)(nil),          // 37: qkd.v1.EnableLinkRequest
-	(*RemoveLinkRequest)(nil),          // 38: qkd.v1.RemoveLinkRequest
-	(*AddSAERequest)(nil),              // 39: qkd.v1.AddSAERequest
-	(*RemoveSAERequest)(nil),           // 40: qkd.v1.RemoveSAERequest
-	(*RemoveApplicationRequest)(nil),   // 41: qkd.v1.RemoveApplicationRequest
-	nil,                                // 42: qkd.v1.Application.StatusesEntry
+	(*DrainingPath)(nil),               // 16: qkd.v1.DrainingPath
+	(*ConnectApplicationRequest)(nil),  // 17: qkd.v1.ConnectApplicationRequest
+	(*ConnectApplicationResponse)(nil), // 18: qkd.v1.ConnectApplicationResponse
+	(*OpenApplicationResponse)(nil),    // 19: qkd.v1.OpenApplicationResponse
+	(*StatusRequest)(nil),              // 20: qkd.v1.StatusRequest
+	(*Member)(nil),                     // 21: qkd.v1.Member
+	(*StatusResponse)(nil),             // 22: qkd.v1.StatusResponse
+	(*JoinRequest)(nil),                // 23: qkd.v1.JoinRequest
+	(*JoinResponse)(nil),               // 24: qkd.v1.JoinResponse
+	(*LeaveRequest)(nil),               // 25: qkd.v1.LeaveRequest
+	(*LeaveResponse)(nil),              // 26: qkd.v1.LeaveResponse
+	(*GetNetworkRequest)(nil),          // 27: qkd.v1.GetNetworkRequest
+	(*NodeInfo)(nil),                   // 28: qkd.v1.NodeInfo
+	(*LinkInfo)(nil),                   // 29: qkd.v1.LinkInfo
+	(*SAEInfo)(nil),                    // 30: qkd.v1.SAEInfo
+	(*GetNetworkResponse)(nil),         // 31: qkd.v1.GetNetworkResponse
+	(*GetNodeConfigRequest)(nil),       // 32: qkd.v1.GetNodeConfigRequest
+	(*GetNodeConfigResponse)(nil),      // 33: qkd.v1.GetNodeConfigResponse
+	(*WriteResponse)(nil),              // 34: qkd.v1.WriteResponse
+	(*AddNodeRequest)(nil),             // 35: qkd.v1.AddNodeRequest
+	(*RemoveNodeRequest)(nil),          // 36: qkd.v1.RemoveNodeRequest
+	(*AddLinkRequest)(nil),             // 37: qkd.v1.AddLinkRequest
+	(*EnableLinkRequest)(nil),          // 38: qkd.v1.EnableLinkRequest
+	(*RemoveLinkRequest)(nil),          // 39: qkd.v1.RemoveLinkRequest
+	(*AddSAERequest)(nil),              // 40: qkd.v1.AddSAERequest
+	(*RemoveSAERequest)(nil),           // 41: qkd.v1.RemoveSAERequest
+	(*RemoveApplicationRequest)(nil),   // 42: qkd.v1.RemoveApplicationRequest
+	nil,                                // 43: qkd.v1.Application.StatusesEntry
 }
 var file_qkd_v1_controller_proto_depIdxs = []int32{
 	0,  // 0: qkd.v1.RegisterRequest.interfaces:type_name -> qkd.v1.Interface
@@ -3173,54 +3251,55 @@ var file_qkd_v1_controller_proto_depIdxs = []int32{
 	12, // 8: qkd.v1.OpenApplicationRequest.qos:type_name -> qkd.v1.AppQoS
 	14, // 9: qkd.v1.Application.hops:type_name -> qkd.v1.Hop
 	12, // 10: qkd.v1.Application.qos:type_name -> qkd.v1.AppQoS
-	42, // 11: qkd.v1.Application.statuses:type_name -> qkd.v1.Application.StatusesEntry
-	15, // 12: qkd.v1.ConnectApplicationResponse.application:type_name -> qkd.v1.Application
-	15, // 13: qkd.v1.OpenApplicationResponse.application:type_name -> qkd.v1.Application
-	20, // 14: qkd.v1.StatusResponse.members:type_name -> qkd.v1.Member
-	0,  // 15: qkd.v1.NodeInfo.interfaces:type_name -> qkd.v1.Interface
-	27, // 16: qkd.v1.GetNetworkResponse.nodes:type_name -> qkd.v1.NodeInfo
-	28, // 17: qkd.v1.GetNetworkResponse.links:type_name -> qkd.v1.LinkInfo
-	29, // 18: qkd.v1.GetNetworkResponse.saes:type_name -> qkd.v1.SAEInfo
-	15, // 19: qkd.v1.GetNetworkResponse.applications:type_name -> qkd.v1.Application
-	2,  // 20: qkd.v1.ControllerService.Register:input_type -> qkd.v1.RegisterRequest
-	4,  // 21: qkd.v1.ControllerService.Session:input_type -> qkd.v1.SessionRequest
-	13, // 22: qkd.v1.ControllerService.OpenApplication:input_type -> qkd.v1.OpenApplicationRequest
-	16, // 23: qkd.v1.ControllerService.ConnectApplication:input_type -> qkd.v1.ConnectApplicationRequest
-	19, // 24: qkd.v1.ClusterService.Status:input_type -> qkd.v1.StatusRequest
-	22, // 25: qkd.v1.ClusterService.Join:input_type -> qkd.v1.JoinRequest
-	24, // 26: qkd.v1.ClusterService.Leave:input_type -> qkd.v1.LeaveRequest
-	26, // 27: qkd.v1.NetworkService.GetNetwork:input_type -> qkd.v1.GetNetworkRequest
-	31, // 28: qkd.v1.NetworkService.GetNodeConfig:input_type -> qkd.v1.GetNodeConfigRequest
-	34, // 29: qkd.v1.NetworkService.AddNode:input_type -> qkd.v1.AddNodeRequest
-	35, // 30: qkd.v1.NetworkService.RemoveNode:input_type -> qkd.v1.RemoveNodeRequest
-	36, // 31: qkd.v1.NetworkService.AddLink:input_type -> qkd.v1.AddLinkRequest
-	38, // 32: qkd.v1.NetworkService.RemoveLink:input_type -> qkd.v1.RemoveLinkRequest
-	37, // 33: qkd.v1.NetworkService.EnableLink:input_type -> qkd.v1.EnableLinkRequest
-	39, // 34: qkd.v1.NetworkService.AddSAE:input_type -> qkd.v1.AddSAERequest
-	40, // 35: qkd.v1.NetworkService.RemoveSAE:input_type -> qkd.v1.RemoveSAERequest
-	41, // 36: qkd.v1.NetworkService.RemoveApplication:input_type -> qkd.v1.RemoveApplicationRequest
-	3,  // 37: qkd.v1.ControllerService.Register:output_type -> qkd.v1.RegisterResponse
-	11, // 38: qkd.v1.ControllerService.Session:output_type -> qkd.v1.SessionResponse
-	18, // 39: qkd.v1.ControllerService.OpenApplication:output_type -> qkd.v1.OpenApplicationResponse
-	17, // 40: qkd.v1.ControllerService.ConnectApplication:output_type -> qkd.v1.ConnectApplicationResponse
-	21, // 41: qkd.v1.ClusterService.Status:output_type -> qkd.v1.StatusResponse
-	23, // 42: qkd.v1.ClusterService.Join:output_type -> qkd.v1.JoinResponse
-	25, // 43: qkd.v1.ClusterService.Leave:output_type -> qkd.v1.LeaveResponse
-	30, // 44: qkd.v1.NetworkService.GetNetwork:output_type -> qkd.v1.GetNetworkResponse
-	32, // 45: qkd.v1.NetworkService.GetNodeConfig:output_type -> qkd.v1.GetNodeConfigResponse
-	33, // 46: qkd.v1.NetworkService.AddNode:output_type -> qkd.v1.WriteResponse
-	33, // 47: qkd.v1.NetworkService.RemoveNode:output_type -> qkd.v1.WriteResponse
-	33, // 48: qkd.v1.NetworkService.AddLink:output_type -> qkd.v1.WriteResponse
-	33, // 49: qkd.v1.NetworkService.RemoveLink:output_type -> qkd.v1.WriteResponse
-	33, // 50: qkd.v1.NetworkService.EnableLink:output_type -> qkd.v1.WriteResponse
-	33, // 51: qkd.v1.NetworkService.AddSAE:output_type -> qkd.v1.WriteResponse
-	33, // 52: qkd.v1.NetworkService.RemoveSAE:output_type -> qkd.v1.WriteResponse
-	33, // 53: qkd.v1.NetworkService.RemoveApplication:output_type -> qkd.v1.WriteResponse
-	37, // [37:54] is the sub-list for method output_type
-	20, // [20:37] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	43, // 11: qkd.v1.Application.statuses:type_name -> qkd.v1.Application.StatusesEntry
+	16, // 12: qkd.v1.Application.draining:type_name -> qkd.v1.DrainingPath
+	15, // 13: qkd.v1.ConnectApplicationResponse.application:type_name -> qkd.v1.Application
+	15, // 14: qkd.v1.OpenApplicationResponse.application:type_name -> qkd.v1.Application
+	21, // 15: qkd.v1.StatusResponse.members:type_name -> qkd.v1.Member
+	0,  // 16: qkd.v1.NodeInfo.interfaces:type_name -> qkd.v1.Interface
+	28, // 17: qkd.v1.GetNetworkResponse.nodes:type_name -> qkd.v1.NodeInfo
+	29, // 18: qkd.v1.GetNetworkResponse.links:type_name -> qkd.v1.LinkInfo
+	30, // 19: qkd.v1.GetNetworkResponse.saes:type_name -> qkd.v1.SAEInfo
+	15, // 20: qkd.v1.GetNetworkResponse.applications:type_name -> qkd.v1.Application
+	2,  // 21: qkd.v1.ControllerService.Register:input_type -> qkd.v1.RegisterRequest
+	4,  // 22: qkd.v1.ControllerService.Session:input_type -> qkd.v1.SessionRequest
+	13, // 23: qkd.v1.ControllerService.OpenApplication:input_type -> qkd.v1.OpenApplicationRequest
+	17, // 24: qkd.v1.ControllerService.ConnectApplication:input_type -> qkd.v1.ConnectApplicationRequest
+	20, // 25: qkd.v1.ClusterService.Status:input_type -> qkd.v1.StatusRequest
+	23, // 26: qkd.v1.ClusterService.Join:input_type -> qkd.v1.JoinRequest
+	25, // 27: qkd.v1.ClusterService.Leave:input_type -> qkd.v1.LeaveRequest
+	27, // 28: qkd.v1.NetworkService.GetNetwork:input_type -> qkd.v1.GetNetworkRequest
+	32, // 29: qkd.v1.NetworkService.GetNodeConfig:input_type -> qkd.v1.GetNodeConfigRequest
+	35, // 30: qkd.v1.NetworkService.AddNode:input_type -> qkd.v1.AddNodeRequest
+	36, // 31: qkd.v1.NetworkService.RemoveNode:input_type -> qkd.v1.RemoveNodeRequest
+	37, // 32: qkd.v1.NetworkService.AddLink:input_type -> qkd.v1.AddLinkRequest
+	39, // 33: qkd.v1.NetworkService.RemoveLink:input_type -> qkd.v1.RemoveLinkRequest
+	38, // 34: qkd.v1.NetworkService.EnableLink:input_type -> qkd.v1.EnableLinkRequest
+	40, // 35: qkd.v1.NetworkService.AddSAE:input_type -> qkd.v1.AddSAERequest
+	41, // 36: qkd.v1.NetworkService.RemoveSAE:input_type -> qkd.v1.RemoveSAERequest
+	42, // 37: qkd.v1.NetworkService.RemoveApplication:input_type -> qkd.v1.RemoveApplicationRequest
+	3,  // 38: qkd.v1.ControllerService.Register:output_type -> qkd.v1.RegisterResponse
+	11, // 39: qkd.v1.ControllerService.Session:output_type -> qkd.v1.SessionResponse
+	19, // 40: qkd.v1.ControllerService.OpenApplication:output_type -> qkd.v1.OpenApplicationResponse
+	18, // 41: qkd.v1.ControllerService.ConnectApplication:output_type -> qkd.v1.ConnectApplicationResponse
+	22, // 42: qkd.v1.ClusterService.Status:output_type -> qkd.v1.StatusResponse
+	24, // 43: qkd.v1.ClusterService.Join:output_type -> qkd.v1.JoinResponse
+	26, // 44: qkd.v1.ClusterService.Leave:output_type -> qkd.v1.LeaveResponse
+	31, // 45: qkd.v1.NetworkService.GetNetwork:output_type -> qkd.v1.GetNetworkResponse
+	33, // 46: qkd.v1.NetworkService.GetNodeConfig:output_type -> qkd.v1.GetNodeConfigResponse
+	34, // 47: qkd.v1.NetworkService.AddNode:output_type -> qkd.v1.WriteResponse
+	34, // 48: qkd.v1.NetworkService.RemoveNode:output_type -> qkd.v1.WriteResponse
+	34, // 49: qkd.v1.NetworkService.AddLink:output_type -> qkd.v1.WriteResponse
+	34, // 50: qkd.v1.NetworkService.RemoveLink:output_type -> qkd.v1.WriteResponse
+	34, // 51: qkd.v1.NetworkService.EnableLink:output_type -> qkd.v1.WriteResponse
+	34, // 52: qkd.v1.NetworkService.AddSAE:output_type -> qkd.v1.WriteResponse
+	34, // 53: qkd.v1.NetworkService.RemoveSAE:output_type -> qkd.v1.WriteResponse
+	34, // 54: qkd.v1.NetworkService.RemoveApplication:output_type -> qkd.v1.WriteResponse
+	38, // [38:55] is the sub-list for method output_type
+	21, // [21:38] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_qkd_v1_controller_proto_init() }
@@ -3240,7 +3319,7 @@ func file_qkd_v1_controller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qkd_v1_controller_proto_rawDesc), len(file_qkd_v1_controller_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
