@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/etsi014client"
@@ -24,49 +25,12 @@ import (
 // bits once the old path's link returns: none is lost. A dec_keys mixing
 // the two generations is refused and loses nothing.
 func TestReroute(t *testing.T) {
-	top := &testbed.Topology{}
-	for _, id := range []string{"A", "B", "C", "D"} {
-		top.Nodes = append(top.Nodes, testbed.TopoNode{ID: id, KMEID: "KME_" + id})
-		top.SAEs = append(top.SAEs, testbed.TopoSAE{ID: "SAE_" + id, Node: id})
-	}
-	for _, l := range [][2]string{{"A", "B"}, {"B", "C"}, {"C", "D"}, {"D", "A"}} {
-		top.Links = append(top.Links, testbed.TopoLink{ID: l[0] + l[1], A: l[0], B: l[1], Master: l[0], Kind: "DV-QKD", Driver: "emulator", KeyRate: 500, KeyBytes: 32})
-	}
-	n := upWith(t, testbed.Options{Topology: top})
+	n := upWith(t, testbed.Options{Topology: ringTopology()})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	a, c := client(t, n, "SAE_A"), client(t, n, "SAE_C")
-	cl, err := n.ControllerClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	enable := func(link string, on bool) {
-		t.Helper()
-		if err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
-			_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: link, Enable: on})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	app := func() *qkdv1.Application {
-		t.Helper()
-		for _, x := range network(t, n).GetApplications() {
-			if x.GetMasterSaeId() == "SAE_A" && x.GetSlaveSaeId() == "SAE_C" {
-				return x
-			}
-		}
-		t.Fatal("no application SAE_A -> SAE_C")
-		return nil
-	}
-	links := func(x *qkdv1.Application) []string {
-		var out []string
-		for _, h := range x.GetHops() {
-			out = append(out, h.GetLink())
-		}
-		return out
-	}
+	enable := linkSwitch(ctx, t, n)
+	app := func() *qkdv1.Application { return appOf(t, n, "SAE_A", "SAE_C") }
 	// held are the keys SAE_A got, by key_ID, to be checked at SAE_C.
 	held := map[string][]byte{}
 	var order []string
@@ -107,15 +71,7 @@ func TestReroute(t *testing.T) {
 	old := enc(8) // delivered at SAE_C only at the end
 	down := path0[1]
 	enable(down, false)
-	var now *qkdv1.Application
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if now = app(); now.GetPathGeneration() > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the stream still runs on %v, generation %d, with link %s down", links(now), now.GetPathGeneration(), down)
-		}
-	}
+	now := awaitReroute(t, app, down)
 	path1 := links(now)
 	if slices.Contains(path1, down) || len(now.GetDraining()) != 1 || !slices.Equal(now.GetDraining()[0].GetLinks(), path0) {
 		t.Fatalf("rerouted onto %v (draining %v) with %s down", path1, now.GetDraining(), down)
@@ -153,4 +109,121 @@ func TestReroute(t *testing.T) {
 		t.Errorf("generation changed from %d to %d after the link came back", now.GetPathGeneration(), last.GetPathGeneration())
 	}
 	t.Logf("%d keys over the new path, %d of the old generation delivered after the link returned", 20*8+1, len(rest))
+}
+
+// TestReroute004 reroutes an ETSI 004 key stream: after the reroute, GET_KEY
+// without an index moves both parties to the new path's first chunk (index
+// 1<<24: the generation is in the index's top 8 bits) with the same bytes,
+// and a chunk of the old path is still served by index at both ends.
+func TestReroute004(t *testing.T) {
+	n := upWith(t, testbed.Options{Topology: ringTopology()})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	enable := linkSwitch(ctx, t, n)
+	a, c := ksClient(t, n, "SAE_A"), ksClient(t, n, "SAE_C")
+	open, err := a.OpenConnect(ctx, &qkdv1.OpenConnectRequest{Source: uri("SAE_A"), Destination: uri("SAE_C"), Qos: &qkdv1.KeyStreamQoS{KeyChunkSize: 32, Timeout: 5000}})
+	if err != nil || open.GetStatus() != 1 {
+		t.Fatalf("OPEN_CONNECT at A = %v, %v", open, err)
+	}
+	id := open.GetKeyStreamId()
+	if r, err := c.OpenConnect(ctx, &qkdv1.OpenConnectRequest{Source: uri("SAE_C"), Destination: uri("SAE_A"), KeyStreamId: id, Qos: &qkdv1.KeyStreamQoS{Timeout: 5000}}); err != nil || r.GetStatus() != 0 {
+		t.Fatalf("OPEN_CONNECT at C = %v, %v", r, err)
+	}
+	get := func(ks qkdv1.KeyStreamServiceClient, index *uint32) *qkdv1.GetStreamKeyResponse {
+		t.Helper()
+		r, err := ks.GetStreamKey(ctx, &qkdv1.GetStreamKeyRequest{KeyStreamId: id, Index: index, MetadataSize: 256})
+		if err != nil || r.GetStatus() != 0 {
+			t.Fatalf("GET_KEY %v = %v, %v", index, r, err)
+		}
+		return r
+	}
+	same := func(x, y *qkdv1.GetStreamKeyResponse) {
+		t.Helper()
+		if x.GetIndex() != y.GetIndex() || !bytes.Equal(x.GetKeyBuffer(), y.GetKeyBuffer()) {
+			t.Fatalf("chunk %d at A and chunk %d at C differ", x.GetIndex(), y.GetIndex())
+		}
+	}
+	same(get(a, nil), get(c, nil)) // chunk 0
+	app := func() *qkdv1.Application { return appOf(t, n, "SAE_A", "SAE_C") }
+	first := app()
+	down := first.GetHops()[len(first.GetHops())-1].GetLink()
+	enable(down, false)
+	awaitReroute(t, app, down)
+	for i := range uint32(3) {
+		x, y := get(a, nil), get(c, nil)
+		if x.GetIndex() != 1<<24+i {
+			t.Fatalf("GET_KEY after the reroute gave chunk %d, want %d", x.GetIndex(), 1<<24+i)
+		}
+		same(x, y)
+	}
+	enable(down, true)
+	same(get(a, proto.Uint32(1)), get(c, proto.Uint32(1)))
+}
+
+// ringTopology is four nodes A-B-C-D in a ring, an SAE at each, so that
+// SAE_A and SAE_C have two paths of two hops.
+func ringTopology() *testbed.Topology {
+	top := &testbed.Topology{}
+	for _, id := range []string{"A", "B", "C", "D"} {
+		top.Nodes = append(top.Nodes, testbed.TopoNode{ID: id, KMEID: "KME_" + id})
+		top.SAEs = append(top.SAEs, testbed.TopoSAE{ID: "SAE_" + id, Node: id})
+	}
+	for _, l := range [][2]string{{"A", "B"}, {"B", "C"}, {"C", "D"}, {"D", "A"}} {
+		top.Links = append(top.Links, testbed.TopoLink{ID: l[0] + l[1], A: l[0], B: l[1], Master: l[0], Kind: "DV-QKD", Driver: "emulator", KeyRate: 500, KeyBytes: 32})
+	}
+	return top
+}
+
+// linkSwitch returns a function that enables or disables a link through the
+// controller (disabling stops its drivers at both ends).
+func linkSwitch(ctx context.Context, t *testing.T, n *testbed.Network) func(link string, on bool) {
+	cl, err := n.ControllerClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return func(link string, on bool) {
+		t.Helper()
+		if err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+			_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: link, Enable: on})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// appOf returns the controller's view of the application master -> slave.
+func appOf(t *testing.T, n *testbed.Network, master, slave string) *qkdv1.Application {
+	t.Helper()
+	for _, x := range network(t, n).GetApplications() {
+		if x.GetMasterSaeId() == master && x.GetSlaveSaeId() == slave {
+			return x
+		}
+	}
+	t.Fatalf("no application %s -> %s", master, slave)
+	return nil
+}
+
+// awaitReroute waits until the application runs on a new path generation.
+func awaitReroute(t *testing.T, app func() *qkdv1.Application, down string) *qkdv1.Application {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		now := app()
+		if now.GetPathGeneration() > 0 {
+			return now
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream still runs on generation %d with link %s down", now.GetPathGeneration(), down)
+		}
+	}
+}
+
+// links lists the links of an application's path.
+func links(x *qkdv1.Application) []string {
+	var out []string
+	for _, h := range x.GetHops() {
+		out = append(out, h.GetLink())
+	}
+	return out
 }
