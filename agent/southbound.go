@@ -316,19 +316,23 @@ func sortedNames[K cmp.Ordered, V any](m map[K]V) []K { return slices.Sorted(map
 // rerouted application has such a set for its current path's generation
 // and for each earlier path (draining) with hops at this node.
 func (s *southbound) streamsOf(v *view) ([]keystore.Stream, []kmm.RelayPlan, error) {
+	return streamsOf(s.cfg.Node, s.kmm.DefaultQoS(), v)
+}
+
+func streamsOf(node string, defaultQoS keystore.QoS, v *view) ([]keystore.Stream, []kmm.RelayPlan, error) {
 	var out []keystore.Stream
 	var plans []kmm.RelayPlan
 	for _, a := range v.apps {
 		base := kmm.StreamID(a.master, a.slave)
 		if len(a.hopLinks) > 0 {
-			st, p, err := s.routeOf(v, a, base, a.gen, a.hopLinks, false)
+			st, p, err := routeOf(node, defaultQoS, v, a, base, a.gen, a.hopLinks, false)
 			if err != nil {
 				return nil, nil, err
 			}
 			out, plans = append(out, st...), append(plans, p)
 		}
 		for _, g := range sortedNames(a.drains) {
-			st, p, err := s.routeOf(v, a, base, g, a.drains[g], true)
+			st, p, err := routeOf(node, defaultQoS, v, a, base, g, a.drains[g], true)
 			if err != nil {
 				return nil, nil, err
 			}
@@ -340,22 +344,22 @@ func (s *southbound) streamsOf(v *view) ([]keystore.Stream, []kmm.RelayPlan, err
 
 // routeOf is streamsOf for one path generation of an application, whose
 // hops at this node are hopLinks (path index -> link).
-func (s *southbound) routeOf(v *view, a appView, base string, gen uint32, hopLinks map[uint32]string, draining bool) ([]keystore.Stream, kmm.RelayPlan, error) {
+func routeOf(node string, defaultQoS keystore.QoS, v *view, a appView, base string, gen uint32, hopLinks map[uint32]string, draining bool) ([]keystore.Stream, kmm.RelayPlan, error) {
 	var out []keystore.Stream
 	id := kmm.GenStreamID(base, gen)
 	first := kmm.GenFirstSeq(gen)
-	qos := s.kmm.DefaultQoS()
+	qos := defaultQoS
 	qos.Priority = a.priority
 	qos.TTL = a.ttl
 	idx := sortedNames(hopLinks)
 	// This node's position j on the path.
 	var j uint32
 	switch {
-	case v.saes[a.master] == s.cfg.Node:
+	case v.saes[a.master] == node:
 		j = 0
 	default:
 		j = idx[len(idx)-1]
-		if v.saes[a.slave] == s.cfg.Node {
+		if v.saes[a.slave] == node {
 			j++
 		}
 	}
@@ -378,7 +382,7 @@ func (s *southbound) routeOf(v *view, a appView, base string, gen uint32, hopLin
 			return nil, kmm.RelayPlan{}, err
 		}
 	}
-	if v.saes[a.slave] != s.cfg.Node {
+	if v.saes[a.slave] != node {
 		if outHop, err = hop(j); err != nil {
 			return nil, kmm.RelayPlan{}, err
 		}

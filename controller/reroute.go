@@ -59,22 +59,28 @@ type move struct {
 func (c *Controller) reroutes() []move {
 	live := c.hub.snapshotLive()
 	var out []move
-	c.fsm.Read(func(st *state.State) {
-		ld := loads(st, live)
-		for _, a := range st.Apps() {
-			broken := slices.ContainsFunc(a.Path, func(name string) bool {
-				l, ok := st.Link(name)
-				return !ok || !l.Enabled || ld[name].down
-			})
-			if !broken || a.Gen >= state.MaxGen {
-				continue
-			}
-			path, err := choosePath(st, live, a.MasterNode, a.SlaveNode, a.QoS.MinBandwidth)
-			if err != nil || slices.Equal(path, a.Path) {
-				continue
-			}
-			out = append(out, move{id: a.ID, from: a.Path, path: path})
+	c.fsm.Read(func(st *state.State) { out = reroutes(st, live) })
+	return out
+}
+
+// reroutes is the decision itself: an application moves when a link of its
+// path is disabled or reported OFF and choosePath finds another path.
+func reroutes(st *state.State, live map[string]nodeLive) []move {
+	var out []move
+	ld := loads(st, live)
+	for _, a := range st.Apps() {
+		broken := slices.ContainsFunc(a.Path, func(name string) bool {
+			l, ok := st.Link(name)
+			return !ok || !l.Enabled || ld[name].down
+		})
+		if !broken || a.Gen >= state.MaxGen {
+			continue
 		}
-	})
+		path, err := choosePath(st, live, a.MasterNode, a.SlaveNode, a.QoS.MinBandwidth)
+		if err != nil || slices.Equal(path, a.Path) {
+			continue
+		}
+		out = append(out, move{id: a.ID, from: a.Path, path: path})
+	}
 	return out
 }

@@ -506,3 +506,23 @@ func TestPlanCountsTheWholePeriod(t *testing.T) {
 		t.Errorf("one key at a time over a period: %v; want high 8, low 2", got)
 	}
 }
+
+// TestDrainingStream: a stream of a rerouted key stream's earlier path gets
+// nothing from the cycle, nor does it hold keys back from the current one,
+// but it is served on demand (the pads its last relays need).
+func TestDrainingStream(t *testing.T) {
+	old := stream("old", 100, 100, 5)
+	old.Draining = true
+	st := newFakeStore(old, stream("new", 1, 100, 0))
+	st.supply("L", 50)
+	a := newAllocator(st, &fakeSyncer{unknown: map[string]bool{}}, "L")
+	a.Cycle(context.Background())
+	if st.inStream["old"] != 0 || st.inStream["new"] != 50 {
+		t.Fatalf("after a cycle: old %d, new %d; want 0 and 50", st.inStream["old"], st.inStream["new"])
+	}
+	st.supply("L", 10)
+	n, err := a.Fill(context.Background(), "old", "L", 6)
+	if err != nil || n != 6 || st.inStream["old"] != 6 {
+		t.Fatalf("on demand: %d, %v (holds %d); want 6", n, err, st.inStream["old"])
+	}
+}
