@@ -17,15 +17,23 @@ import (
 	"github.com/qkdnet/qkdnet/testbed"
 )
 
-// TestReroute runs the ring A-B-C-D, where SAE_A and SAE_C have two paths.
-// It disables a link of the stream's path (its drivers stop); the
-// controller moves the stream to the other path as a new generation, and
-// keys flow A -> C over it while the link stays down. Keys the master SAE
-// got before (the old generation) are all delivered at SAE_C with the same
-// bits once the old path's link returns: none is lost. A dec_keys mixing
-// the two generations is refused and loses nothing.
+// TestReroute runs the ring A-B-C-D, where SAE_A and SAE_C have two paths
+// and the links into C are slow (50 keys/s), so relayed keys lag behind
+// those SAE_A gets. It disables the second link of the stream's path (its
+// drivers stop): keys SAE_A already has are stuck behind it (503 at SAE_C).
+// The controller moves the stream to the other path as a new generation,
+// and keys flow A -> C over it while the link stays down. Once the link
+// returns, every stuck key of the old generation reaches SAE_C with the
+// same bits: none is lost. A dec_keys mixing the two generations is refused
+// and loses nothing.
 func TestReroute(t *testing.T) {
-	n := upWith(t, testbed.Options{Topology: ringTopology()})
+	top := ringTopology()
+	for i, l := range top.Links {
+		if l.A == "C" || l.B == "C" {
+			top.Links[i].KeyRate = 50
+		}
+	}
+	n := upWith(t, testbed.Options{Topology: top})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	a, c := client(t, n, "SAE_A"), client(t, n, "SAE_C")
@@ -68,7 +76,12 @@ func TestReroute(t *testing.T) {
 	if len(path0) != 2 || first.GetPathGeneration() != 0 {
 		t.Fatalf("first path %v, generation %d", path0, first.GetPathGeneration())
 	}
-	old := enc(8) // delivered at SAE_C only at the end
+	// Far more keys than the slow hop can relay: the last are still at the
+	// relay node when the link goes down.
+	var old []string
+	for range 4 {
+		old = append(old, enc(64)...)
+	}
 	down := path0[1]
 	enable(down, false)
 	now := awaitReroute(t, app, down)
@@ -77,12 +90,13 @@ func TestReroute(t *testing.T) {
 		t.Fatalf("rerouted onto %v (draining %v) with %s down", path1, now.GetDraining(), down)
 	}
 	t.Logf("rerouted from %v to %v with %s down", path0, path1, down)
+	last := old[len(old)-1]
+	if _, err := c.DecKeys(ctx, "SAE_A", last); etsi014client.StatusCode(err) != http.StatusServiceUnavailable {
+		t.Fatalf("dec_keys of the last key SAE_A got before the link went down: %v; want 503 (stuck behind %s)", err, down)
+	}
 	// Keys flow over the new path while the link stays down.
-	var fresh []string
-	for range 20 {
-		ids := enc(8)
-		fresh = append(fresh, ids[0])
-		dec(ids...)
+	for range 5 {
+		dec(enc(4)...)
 	}
 	// One request with keys of both generations is refused whole.
 	mixedOld, mixedNew := old[0], enc(1)[0]
@@ -105,10 +119,10 @@ func TestReroute(t *testing.T) {
 	if len(held) != 0 {
 		t.Fatalf("%d keys served at SAE_A never reached SAE_C", len(held))
 	}
-	if last := app(); last.GetPathGeneration() != now.GetPathGeneration() {
-		t.Errorf("generation changed from %d to %d after the link came back", now.GetPathGeneration(), last.GetPathGeneration())
+	if after := app(); after.GetPathGeneration() != now.GetPathGeneration() {
+		t.Errorf("generation changed from %d to %d after the link came back", now.GetPathGeneration(), after.GetPathGeneration())
 	}
-	t.Logf("%d keys over the new path, %d of the old generation delivered after the link returned", 20*8+1, len(rest))
+	t.Logf("%d keys over the new path; %d of the old generation checked at SAE_C after the link returned", 5*4+1, len(rest))
 }
 
 // TestReroute004 reroutes an ETSI 004 key stream: after the reroute, GET_KEY
