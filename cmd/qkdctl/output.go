@@ -222,7 +222,7 @@ func printSAEs(w io.Writer, saes []*qkdv1.SAEInfo) error {
 func printApps(w io.Writer, apps []*qkdv1.Application) error {
 	apps = slices.Clone(apps)
 	slices.SortFunc(apps, func(a, b *qkdv1.Application) int { return strings.Compare(a.GetAppId(), b.GetAppId()) })
-	t := newTable(w, "APP_ID", "MASTER", "SLAVE", "HOPS", "QOS", "PRIORITY", "STATUS", "KEYS_DELIVERED")
+	t := newTable(w, "APP_ID", "MASTER", "SLAVE", "HOPS", "QOS", "PRIORITY", "STATUS", "KEYS_DELIVERED", "PATH_GEN", "DRAINING")
 	for _, a := range apps {
 		var hops []string
 		for _, h := range a.GetHops() {
@@ -234,9 +234,17 @@ func printApps(w io.Writer, apps []*qkdv1.Application) error {
 		for _, node := range sortedCopy(mapKeys(a.GetStatuses())) {
 			st = append(st, node+":"+a.GetStatuses()[node])
 		}
+		// Earlier paths of a rerouted stream, still delivering their keys.
+		draining := []string{}
+		for _, d := range a.GetDraining() {
+			draining = append(draining, fmt.Sprintf("%d:%s", d.GetPathGeneration(), strings.Join(d.GetLinks(), ">")))
+		}
+		if len(draining) == 0 {
+			draining = append(draining, "-")
+		}
 		t.row(a.GetAppId(), a.GetMasterSaeId()+"@"+a.GetMasterNode(), a.GetSlaveSaeId()+"@"+a.GetSlaveNode(),
 			strings.Join(hops, ","), qos, strconv.FormatUint(uint64(a.GetPriority()), 10), strings.Join(st, ","),
-			strconv.FormatUint(a.GetKeysDelivered(), 10))
+			strconv.FormatUint(a.GetKeysDelivered(), 10), strconv.FormatUint(uint64(a.GetPathGeneration()), 10), strings.Join(draining, ","))
 	}
 	return t.flush()
 }

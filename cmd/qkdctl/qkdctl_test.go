@@ -164,6 +164,11 @@ type (
 		KeysDelivered string            `json:"keys_delivered"`
 		ConnectedSAEs []string          `json:"connected_saes"`
 		KeyChunkSize  uint32            `json:"key_chunk_size"`
+		PathGen       uint32            `json:"path_generation"`
+		Draining      []struct {
+			PathGen uint32   `json:"path_generation"`
+			Links   []string `json:"links"`
+		} `json:"draining"`
 	}
 	jsonMember struct {
 		ID          string `json:"id"`
@@ -353,7 +358,7 @@ func TestNetworkCommands(t *testing.T) {
 	}
 	table = e.ok("apps")
 	if r := row(t, table, appID); !slices.Equal(r, []string{appID, "SAE_A@A", "SAE_C@C", "L_AB(master", "B),L_BC(master", "B)",
-		"max=2000", "min=1000", "jitter=5", "ttl=60", "3", "-", "0"}) {
+		"max=2000", "min=1000", "jitter=5", "ttl=60", "3", "-", "0", "0", "-"}) {
 		t.Errorf("apps row: %q", r)
 	}
 	e.okJSON(&links, "links")
