@@ -76,12 +76,34 @@ func (h *nodeHistory) AddHistory(_ string, t *qkd015.Node) error {
 			s.Interval, s.KeysSupplied, s.KeysConsumed, s.PoolKeys = iv, ygot.Uint64(ls.Supplied), ygot.Uint64(ls.Consumed), ygot.Uint64(ls.Pool)
 			s.KeyRate = ygot.Float64(round3(ls.Rate))
 		}
+		// A rerouted stream's generations are one application: their
+		// figures add up.
+		merged := map[string]*stats.StreamSample{}
+		var order []string
 		for _, ss := range smp.Streams {
-			qa := apps[ss.Stream]
-			if qa == nil {
+			base := kmm.BaseStreamID(ss.Stream)
+			if apps[base] == nil {
 				continue
 			}
-			s := qa.GetOrCreateHistory().GetOrCreateSample(*at)
+			m := merged[base]
+			if m == nil {
+				m = &stats.StreamSample{Stream: base}
+				merged[base] = m
+				order = append(order, base)
+			}
+			if n := m.Requests + ss.Requests; n > 0 {
+				m.LatencyMean = (m.LatencyMean*float64(m.Requests) + ss.LatencyMean*float64(ss.Requests)) / float64(n)
+			}
+			m.Delivered += ss.Delivered
+			m.Stored += ss.Stored
+			m.Requests += ss.Requests
+			m.DeliveredRate += ss.DeliveredRate
+			m.RequestedRate = max(m.RequestedRate, ss.RequestedRate)
+			m.LatencyMax = max(m.LatencyMax, ss.LatencyMax)
+		}
+		for _, base := range order {
+			ss := merged[base]
+			s := apps[base].GetOrCreateHistory().GetOrCreateSample(*at)
 			s.Interval, s.KeysDelivered, s.KeysStored, s.Requests = iv, ygot.Uint64(ss.Delivered), ygot.Uint64(ss.Stored), ygot.Uint64(ss.Requests)
 			s.DeliveredRate, s.RequestedRate = ygot.Float64(round3(ss.DeliveredRate)), ygot.Float64(round3(ss.RequestedRate))
 			s.LatencyMean, s.LatencyMax = ygot.Float64(round3(ss.LatencyMean)), ygot.Float64(round3(ss.LatencyMax))

@@ -58,3 +58,34 @@ func TestNodeHistory(t *testing.T) {
 		t.Fatalf("%d samples after a second interval, want 2", got)
 	}
 }
+
+// A rerouted application's generations are one application in its history:
+// their figures add up in one sample; hop streams are left out.
+func TestNodeHistoryAddsGenerations(t *testing.T) {
+	store, err := keystore.Open(t.TempDir(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	rec, err := stats.NewRecorder(stats.New("A", store, func() []string { return nil }), store, time.Second, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	h := &nodeHistory{rec: rec, read: true, version: rec.Version(), samples: []stats.Sample{{At: at, Interval: 1, Streams: []stats.StreamSample{
+		{Stream: "SAE_A->SAE_C", Delivered: 10, Stored: 1, Requests: 2, DeliveredRate: 10, LatencyMean: 4, LatencyMax: 5},
+		{Stream: "SAE_A->SAE_C#1", Delivered: 100, Requests: 100},
+		{Stream: "SAE_A->SAE_C@1", Delivered: 30, Stored: 7, Requests: 6, DeliveredRate: 30, LatencyMean: 2, LatencyMax: 3},
+	}}}}
+	n := &qkd015.Node{}
+	qa := n.GetOrCreateQkdApplications().GetOrCreateQkdApp("app")
+	qa.ServerAppId, qa.ClientAppId = ygot.String(qkd015.SAEURI("SAE_A")), []string{qkd015.SAEURI("SAE_C")}
+	if err := h.AddHistory("A", n); err != nil {
+		t.Fatal(err)
+	}
+	s := qa.GetHistory().GetSample(at.Format(time.RFC3339Nano))
+	if s == nil || s.GetKeysDelivered() != 40 || s.GetKeysStored() != 8 || s.GetRequests() != 8 || s.GetDeliveredRate() != 40 ||
+		s.GetLatencyMean() != 2.5 || s.GetLatencyMax() != 5 {
+		t.Fatalf("sample %+v", s)
+	}
+}

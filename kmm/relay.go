@@ -78,6 +78,22 @@ func GenStreamID(s string, gen uint32) string {
 	return fmt.Sprintf("%s@%d", s, gen)
 }
 
+// BaseStreamID is the key stream a generation's end-to-end stream belongs
+// to (s itself for generation 0 and for any other stream). SAE IDs hold no
+// '@', so the suffix is unambiguous.
+func BaseStreamID(s string) string {
+	i := strings.LastIndexByte(s, '@')
+	if i < 0 || i == len(s)-1 {
+		return s
+	}
+	for _, c := range s[i+1:] {
+		if c < '0' || c > '9' {
+			return s
+		}
+	}
+	return s[:i]
+}
+
 // GenFirstSeq is the first sequence number of generation gen.
 func GenFirstSeq(gen uint32) uint64 { return uint64(gen) << genShift }
 
