@@ -240,10 +240,8 @@ func (s *southbound) apply(ctx context.Context, p *qkdv1.SessionResponse) error 
 	if err != nil {
 		return err
 	}
-	for _, st := range streams {
-		if err := s.kmm.EnsureStream(st); err != nil {
-			return fmt.Errorf("key stream %s: %w", st.ID, err)
-		}
+	if err := s.kmm.EnsureStreams(streams); err != nil {
+		return fmt.Errorf("key streams: %w", err)
 	}
 	// The view first, the relay plans last: SetRelays also tells the peer
 	// messages waiting for this configuration to look again.

@@ -357,49 +357,67 @@ func (k *KMM) openStream(ctx context.Context, master, slave string) (keystore.St
 // EnsureStream creates a key stream the controller configured, if this KMM
 // does not hold it yet (or holds it on another link), so that the link's
 // Master starts allocating to it before any SAE asks.
-func (k *KMM) EnsureStream(st keystore.Stream) error {
-	if st.QoS == (keystore.QoS{}) {
-		st.QoS = k.set.DefaultQoS
+func (k *KMM) EnsureStream(st keystore.Stream) error { return k.EnsureStreams([]keystore.Stream{st}) }
+
+// EnsureStreams is EnsureStream for the streams of a whole configuration,
+// written in one transaction.
+func (k *KMM) EnsureStreams(sts []keystore.Stream) error {
+	var write []keystore.Stream
+	var created []bool
+	for _, st := range sts {
+		if st.QoS == (keystore.QoS{}) {
+			st.QoS = k.set.DefaultQoS
+		}
+		have, existed := k.store.Stream(st.ID)
+		if existed && have.Link == st.Link && have.QoS == st.QoS && have.Draining == st.Draining {
+			continue
+		}
+		write = append(write, st)
+		created = append(created, !existed)
 	}
-	have, existed := k.store.Stream(st.ID)
-	if existed && have.Link == st.Link && have.QoS == st.QoS && have.Draining == st.Draining {
+	if len(write) == 0 {
 		return nil
 	}
-	if _, err := k.store.PutStream(st); err != nil {
+	if _, err := k.store.PutStreams(write); err != nil {
 		return err
 	}
 	k.alloc.Wake()
-	if st.QoS.TTL > 0 {
-		select {
-		case k.expireWake <- struct{}{}:
-		default:
+	for i, st := range write {
+		if st.QoS.TTL > 0 {
+			select {
+			case k.expireWake <- struct{}{}:
+			default:
+			}
+		}
+		// A new stream on a link this KMM allocates gets a few keys at
+		// once, so that the first request of either SAE (ETSI 004 asks for
+		// the first key at both ends right after OPEN_CONNECT) finds them,
+		// and a relay node can start relaying.
+		if l, ok := k.topo.LinkByID(st.Link); created[i] && !st.Draining && ok && l.Master {
+			go k.prefill(st)
 		}
 	}
-	// A new stream on a link this KMM allocates gets a few keys at once, so
-	// that the first request of either SAE (ETSI 004 asks for the first key
-	// at both ends right after OPEN_CONNECT) finds them, and a relay node
-	// can start relaying.
-	if l, ok := k.topo.LinkByID(st.Link); !existed && !st.Draining && ok && l.Master {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			// The peer KMM may get the controller's push a moment after this
-			// one and refuse the stream until then: try again shortly.
-			for wait := 10 * time.Millisecond; ; wait *= 2 {
-				_, err := k.alloc.Fill(ctx, st.ID, st.Link, prefill)
-				if err == nil || errors.Is(err, keystore.ErrClosed) || wait > time.Second {
-					return
-				}
-				k.logger.Debug("no keys for a new stream yet; retrying", "stream", st.ID, "err", err, "in", wait)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
-				}
-			}
-		}()
-	}
 	return nil
+}
+
+// prefill gives a new stream its first keys.
+func (k *KMM) prefill(st keystore.Stream) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// The peer KMM may get the controller's push a moment after this one
+	// and refuse the stream until then: try again shortly.
+	for wait := 10 * time.Millisecond; ; wait *= 2 {
+		_, err := k.alloc.Fill(ctx, st.ID, st.Link, prefill)
+		if err == nil || errors.Is(err, keystore.ErrClosed) || wait > time.Second {
+			return
+		}
+		k.logger.Debug("no keys for a new stream yet; retrying", "stream", st.ID, "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // prefill is how many keys a new stream gets at once.

@@ -730,6 +730,24 @@ func (s *Store) PutStream(st Stream) (Stream, error) {
 	return out, err
 }
 
+// PutStreams is PutStream for several streams in one transaction (one
+// fsync for a whole pushed configuration); it returns them as stored.
+func (s *Store) PutStreams(sts []Stream) ([]Stream, error) {
+	var out []Stream
+	err := s.update(func(tx *bolt.Tx) error {
+		out = out[:0]
+		for _, st := range sts {
+			got, err := s.putStream(tx, st)
+			if err != nil {
+				return err
+			}
+			out = append(out, got)
+		}
+		return nil
+	})
+	return out, err
+}
+
 func (s *Store) putStream(tx *bolt.Tx, st Stream) (Stream, error) {
 	if st.ID == "" || st.Link == "" {
 		return Stream{}, reject(errors.New("stream needs an ID and a link"))
