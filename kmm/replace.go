@@ -95,6 +95,12 @@ func (k *KMM) ReplaceKeys(ctx context.Context, req *qkdv1.ReplaceKeysRequest) (_
 	if _, ok := k.topo.SAENode(slave); !ok {
 		return nil, badRequest("slave_SAE_ID", fmt.Sprintf("unknown SAE %q", slave))
 	}
+	switch n := len(req.GetKeyIds()); {
+	case n == 0:
+		return nil, badRequest("key_IDs", "at least one key_ID is required")
+	case n > k.set.MaxKeysPerRequest:
+		return nil, badRequest("key_IDs", fmt.Sprintf("more than max_key_per_request %d", k.set.MaxKeysPerRequest))
+	}
 	ids := make([]string, 0, len(req.GetKeyIds()))
 	sizes := make([]int, 0, len(req.GetKeyIds()))
 	seen := map[string]bool{}
@@ -113,12 +119,6 @@ func (k *KMM) ReplaceKeys(ctx context.Context, req *qkdv1.ReplaceKeysRequest) (_
 			return nil, badRequest(field, fmt.Sprintf("%s is not a key_ID issued by this network", id))
 		}
 		ids, sizes = append(ids, id), append(sizes, size)
-	}
-	switch {
-	case len(ids) == 0:
-		return nil, badRequest("key_IDs", "at least one key_ID is required")
-	case len(ids) > k.set.MaxKeysPerRequest:
-		return nil, badRequest("key_IDs", fmt.Sprintf("more than max_key_per_request %d", k.set.MaxKeysPerRequest))
 	}
 	for _, size := range sizes {
 		if size < k.set.MinKeySize || size > k.set.MaxKeySize {
