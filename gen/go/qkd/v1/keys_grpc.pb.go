@@ -51,9 +51,10 @@ type KeyServiceClient interface {
 	// that holds it (the slave SAE's KME first; a later GetKeyWithKeyIDs of it
 	// is refused as replaced), and the answer carries one fresh key of the same
 	// size per named key_ID, in the same order, with a new key_ID; each new
-	// key's key_ID_extension is {"replaces": "<old key_ID>"}. All or nothing: a
-	// refused request destroys nothing, and a request that fails with 503 may
-	// be sent again.
+	// key's key_ID_extension is {"replaces": "<old key_ID>"}. Only keys the
+	// slave SAE has not fetched yet can be replaced. All or nothing: a refused
+	// request (400, 401) destroys nothing, and one that fails with 503 may be
+	// sent again.
 	ReplaceKeys(ctx context.Context, in *ReplaceKeysRequest, opts ...grpc.CallOption) (*KeyContainer, error)
 }
 
@@ -129,9 +130,10 @@ type KeyServiceServer interface {
 	// that holds it (the slave SAE's KME first; a later GetKeyWithKeyIDs of it
 	// is refused as replaced), and the answer carries one fresh key of the same
 	// size per named key_ID, in the same order, with a new key_ID; each new
-	// key's key_ID_extension is {"replaces": "<old key_ID>"}. All or nothing: a
-	// refused request destroys nothing, and a request that fails with 503 may
-	// be sent again.
+	// key's key_ID_extension is {"replaces": "<old key_ID>"}. Only keys the
+	// slave SAE has not fetched yet can be replaced. All or nothing: a refused
+	// request (400, 401) destroys nothing, and one that fails with 503 may be
+	// sent again.
 	ReplaceKeys(context.Context, *ReplaceKeysRequest) (*KeyContainer, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
