@@ -98,6 +98,12 @@ func TestReplaceKeys(t *testing.T) {
 	if n := p.b.store.Counters()["stream/SAE_A->SAE_B/revoked"]; n != 4 {
 		t.Fatalf("revoked counter at B = %d, want 4 (two 256-bit keys and one of two parts)", n)
 	}
+	// The revocation is durable: after a crash B still says why.
+	p.b.restart(t)
+	_, err = dec(t, p.b, saeB, saeA, old[1])
+	if !strings.Contains(status.Convert(err).Message(), "replaced at the master SAE's request") {
+		t.Fatalf("dec_keys of a replaced key after B restarted: %v", err)
+	}
 }
 
 func slicesContain(s []string, v string) bool {
@@ -283,4 +289,40 @@ func TestReplaceKeysRacesDecKeys(t *testing.T) {
 			t.Fatalf("round %d: dec_keys %v, replace_keys %v: want exactly one to succeed", round, decErr, repErr)
 		}
 	}
+}
+
+// TestRevokeRefusedFromOthers: only the node before on the stream's path
+// may revoke; a node elsewhere, an SAE or a malformed message is refused
+// over gRPC with a clear status, and nothing is erased.
+func TestRevokeRefusedFromOthers(t *testing.T) {
+	p := newTestPair(t, nil)
+	p.supply(t, 10)
+	got, err := enc(t, p.a, saeA, saeB, 1, 256)
+	if err != nil {
+		t.Fatalf("enc_keys: %v", err)
+	}
+	good := &qkdv1.RevokeRequest{StreamId: StreamID(saeA, saeB), Keys: []*qkdv1.RevokedKey{{KeyId: keyIDs(got)[0]}}}
+	for _, tc := range []struct {
+		caller pki.Identity
+		req    *qkdv1.RevokeRequest
+		code   codes.Code
+	}{
+		{pki.Identity{Kind: pki.KindNode, ID: "C"}, good, codes.PermissionDenied},
+		{pki.Identity{Kind: pki.KindSAE, ID: saeA}, good, codes.Unauthenticated},
+		{pki.Identity{Kind: pki.KindNode, ID: "A"}, &qkdv1.RevokeRequest{StreamId: good.StreamId}, codes.InvalidArgument},
+		{pki.Identity{Kind: pki.KindNode, ID: "A"}, &qkdv1.RevokeRequest{StreamId: good.StreamId, Keys: []*qkdv1.RevokedKey{{KeyId: keyIDs(got)[0], Parts: 1 << 20}}}, codes.InvalidArgument},
+		{pki.Identity{Kind: pki.KindNode, ID: "A"}, &qkdv1.RevokeRequest{StreamId: "SAE_Q->SAE_B", Keys: good.Keys}, codes.NotFound},
+	} {
+		srv := &syncServer{h: p.b.k, caller: tc.caller}
+		srv.start()
+		from := &testNode{name: "X", peers: &testPeers{clients: map[string]qkdv1.KeySyncServiceClient{}}}
+		connect(t, from, &testNode{name: "B", srv: srv})
+		cl, _ := from.peers.KeySync("B")
+		_, err := cl.Revoke(anonymous(t), tc.req)
+		srv.stop()
+		if status.Code(err) != tc.code || status.Convert(err).Message() == "" {
+			t.Fatalf("Revoke from %v (%v): %v, want %v", tc.caller, tc.req, err, tc.code)
+		}
+	}
+	mustDec(t, p.b, saeB, saeA, byID(got), keyIDs(got)...)
 }
