@@ -180,6 +180,17 @@ func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.Ke
 	if err != nil {
 		return nil, err
 	}
+	keys, err := k.takeKeys(ctx, st, link, number, size)
+	if err != nil {
+		return nil, err
+	}
+	k.observeStream(st.ID, start)
+	return container(keys), nil
+}
+
+// takeKeys serves the master SAE number keys of size bits from stream st,
+// allocating on demand (enc_keys, replace_keys).
+func (k *KMM) takeKeys(ctx context.Context, st keystore.Stream, link Link, number, size int) ([]keystore.Served, error) {
 	keys, err := k.store.TakeNext(st.ID, number, size)
 	// On demand: allocate what this request needs and try again; a few
 	// rounds, since concurrent requests may take what one round allocated.
@@ -200,8 +211,7 @@ func (k *KMM) GetKey(ctx context.Context, req *qkdv1.GetKeyRequest) (_ *qkdv1.Ke
 	if link.Master && k.store.StreamCount(st.ID) < int(st.QoS.MaxBuffer)/2 {
 		k.alloc.Wake()
 	}
-	k.observeStream(st.ID, start)
-	return container(keys), nil
+	return keys, nil
 }
 
 // GetKeyWithKeyIDs implements ETSI 014 "Get key with key IDs" (dec_keys).
@@ -242,6 +252,9 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	// is in a pending batch here: wait for the commit rather than say 400.
 	var ke *keystore.KeyError
 	unknown := func() bool { return errors.As(err, &ke) && errors.Is(err, keystore.ErrUnknownKey) }
+	if unknown() && k.store.Revoked(streamID, ke.KeyID) {
+		return nil, replacedKey(ke.KeyID, master)
+	}
 	for deadline := time.Now().Add(2 * time.Second); unknown() && time.Now().Before(deadline); {
 		// Read "pending" before retrying: a commit landing in between is
 		// then seen by the retry.
@@ -279,6 +292,9 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 		}
 	}
 	if errors.As(err, &ke) {
+		if errors.Is(err, keystore.ErrUnknownKey) && k.store.Revoked(streamID, ke.KeyID) {
+			return nil, replacedKey(ke.KeyID, master)
+		}
 		if errors.Is(err, keystore.ErrUnknownKey) {
 			for _, other := range k.store.Streams() {
 				if other.MasterSAE == master && other.ID != streamID && k.store.Holds(other.ID, ke.KeyID) {

@@ -181,6 +181,8 @@ type KMM struct {
 	stats      *stats.Stats
 	logger     *slog.Logger
 
+	replacing keyedLock // replace_keys, per stream (replace.go)
+
 	mu        sync.Mutex      // guards announced
 	announced map[string]bool // streams the link's Master KMM has been told of
 }

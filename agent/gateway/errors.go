@@ -57,7 +57,7 @@ func (g *gateway) handleRoutingError(ctx context.Context, _ *runtime.ServeMux, _
 	var msg string
 	switch httpStatus {
 	case http.StatusNotFound:
-		msg = "no such endpoint; ETSI GS QKD 014 serves /api/v1/keys/{SAE_ID}/status, enc_keys and dec_keys"
+		msg = "no such endpoint; ETSI GS QKD 014 serves /api/v1/keys/{SAE_ID}/status, enc_keys and dec_keys (and replace_keys)"
 	case http.StatusMethodNotAllowed:
 		allow := allowedMethods(r.URL.Path)
 		// RFC 9110 section 15.5.6: a 405 must list what the resource takes.
@@ -78,6 +78,9 @@ func (g *gateway) handleRoutingError(ctx context.Context, _ *runtime.ServeMux, _
 func allowedMethods(path string) string {
 	if strings.HasSuffix(path, "/status") {
 		return http.MethodGet
+	}
+	if strings.HasSuffix(path, "/replace_keys") {
+		return http.MethodPost
 	}
 	return http.MethodGet + ", " + http.MethodPost
 }

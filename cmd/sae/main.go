@@ -3,6 +3,7 @@
 //	sae send    --endpoints DIR --sae SAE_A --to SAE_B --peer 127.0.0.1:7000 [--message TEXT] [--count N] [--interval 1s]
 //	sae receive --endpoints DIR --sae SAE_B --listen 127.0.0.1:7000 [--count N]
 //	sae status  --endpoints DIR --sae SAE_A --to SAE_B
+//	sae replace --endpoints DIR --sae SAE_A --to SAE_B KEY_ID...
 //
 // The sender gets a fresh key from its KMM with ETSI 014 enc_keys for each
 // message, encrypts the message with AES-256-GCM and sends key_ID, nonce and
@@ -37,6 +38,7 @@ Commands:
   send      get a key with enc_keys, encrypt a message, send it to a receiver
   receive   accept messages, get their keys with dec_keys, decrypt and print
   status    print the ETSI 014 status of the key supply to a peer SAE
+  replace   have keys this SAE got replaced by fresh ones (replace_keys)
 
 Run 'sae <command> --help' for its flags.
 `
@@ -64,11 +66,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = receive(ctx, args[1:], stdout, stderr, logger)
 	case "status":
 		err = status(ctx, args[1:], stdout, stderr)
+	case "replace":
+		err = replaceKeys(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "sae: unknown command %q (want send, receive or status)\n", args[0])
+		fmt.Fprintf(stderr, "sae: unknown command %q (want send, receive, status or replace)\n", args[0])
 		return 2
 	}
 	switch {

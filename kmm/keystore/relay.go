@@ -111,9 +111,20 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 		dst.FillPercent = appendFill
 		pads := tx.Bucket(bucketKeys).Bucket([]byte(padStream))
 		marks := tx.Bucket(bucketRelayed)
+		revoked := tx.Bucket(bucketRevoked)
 		now := s.now().UnixNano()
-		stored, used := 0, 0
+		stored, used, dropped := 0, 0, 0
 		for _, it := range items {
+			// Revoked while on its way (key replacement): dropped here.
+			if rv, padGone, err := dropRevokedRelay(revoked, pads, streamID, it.Seq); err != nil {
+				return err
+			} else if rv {
+				if padGone {
+					dropped++
+				}
+				held = append(held, it.Seq)
+				continue
+			}
 			// Held: still in the stream, or received before and since
 			// served (the mark outlives the key), so a resend after a
 			// crash of the sender is answered and nothing is stored twice.
@@ -174,10 +185,10 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 		}
 		s.afterCommit(tx, func() {
 			s.inStream[streamID] += stored
-			s.inStream[padStream] -= used
+			s.inStream[padStream] -= used + dropped
 			s.lowerHead(streamID, lowest)
 		})
-		return s.add(tx, map[string]uint64{streamCounter(streamID, "relayed_in"): uint64(stored), streamCounter(padStream, "pads_used"): uint64(used)})
+		return s.add(tx, map[string]uint64{streamCounter(streamID, "relayed_in"): uint64(stored), streamCounter(padStream, "pads_used"): uint64(used), streamCounter(padStream, "pads_revoked"): uint64(dropped)})
 	})
 	if err != nil {
 		return nil, err

@@ -216,7 +216,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // load creates the buckets and mirrors sizes, streams and counters in memory.
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast, bucketRelayed, bucketHistory} {
+		for _, b := range [][]byte{bucketPool, bucketKeys, bucketStreams, bucketPending, bucketApplied, bucketStats, bucketLast, bucketRelayed, bucketHistory, bucketRevoked} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -1555,6 +1555,9 @@ func (s *Store) Expire(lifetime time.Duration) (int, error) {
 			if err := tx.Bucket(bucketRelayed).Delete(k); err != nil {
 				return err
 			}
+		}
+		if err := pruneRevoked(tx, cutoff); err != nil {
+			return err
 		}
 		// Forget old idempotency answers: the Master resends a batch only
 		// until it gets an answer, which is long before a key lifetime.

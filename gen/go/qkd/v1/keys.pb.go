@@ -416,6 +416,68 @@ func (x *GetKeyWithKeyIDsRequest) GetKeyId() string {
 	return ""
 }
 
+// ReplaceKeysRequest is the body of replace_keys: ETSI 014 "Key IDs"
+// (clause 6.4), as for dec_keys, plus the slave SAE from the path.
+type ReplaceKeysRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	SlaveSaeId      string                 `protobuf:"bytes,1,opt,name=slave_sae_id,json=slave_SAE_ID,proto3" json:"slave_sae_id,omitempty"`
+	KeyIds          []*KeyID               `protobuf:"bytes,2,rep,name=key_ids,json=key_IDs,proto3" json:"key_ids,omitempty"`
+	KeyIdsExtension *structpb.Struct       `protobuf:"bytes,3,opt,name=key_ids_extension,json=key_IDs_extension,proto3" json:"key_ids_extension,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ReplaceKeysRequest) Reset() {
+	*x = ReplaceKeysRequest{}
+	mi := &file_qkd_v1_keys_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceKeysRequest) ProtoMessage() {}
+
+func (x *ReplaceKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keys_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceKeysRequest.ProtoReflect.Descriptor instead.
+func (*ReplaceKeysRequest) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReplaceKeysRequest) GetSlaveSaeId() string {
+	if x != nil {
+		return x.SlaveSaeId
+	}
+	return ""
+}
+
+func (x *ReplaceKeysRequest) GetKeyIds() []*KeyID {
+	if x != nil {
+		return x.KeyIds
+	}
+	return nil
+}
+
+func (x *ReplaceKeysRequest) GetKeyIdsExtension() *structpb.Struct {
+	if x != nil {
+		return x.KeyIdsExtension
+	}
+	return nil
+}
+
 // Key is one element of the "keys" array of ETSI 014 "Key container" (clause 6.3).
 type Key struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -430,7 +492,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_qkd_v1_keys_proto_msgTypes[5]
+	mi := &file_qkd_v1_keys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +504,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keys_proto_msgTypes[5]
+	mi := &file_qkd_v1_keys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +517,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{5}
+	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Key) GetKeyId() string {
@@ -497,7 +559,7 @@ type KeyContainer struct {
 
 func (x *KeyContainer) Reset() {
 	*x = KeyContainer{}
-	mi := &file_qkd_v1_keys_proto_msgTypes[6]
+	mi := &file_qkd_v1_keys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +571,7 @@ func (x *KeyContainer) String() string {
 func (*KeyContainer) ProtoMessage() {}
 
 func (x *KeyContainer) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keys_proto_msgTypes[6]
+	mi := &file_qkd_v1_keys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +584,7 @@ func (x *KeyContainer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyContainer.ProtoReflect.Descriptor instead.
 func (*KeyContainer) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{6}
+	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *KeyContainer) GetKeys() []*Key {
@@ -552,7 +614,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_qkd_v1_keys_proto_msgTypes[7]
+	mi := &file_qkd_v1_keys_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +626,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keys_proto_msgTypes[7]
+	mi := &file_qkd_v1_keys_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +639,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{7}
+	return file_qkd_v1_keys_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Error) GetMessage() string {
@@ -629,7 +691,11 @@ const file_qkd_v1_keys_proto_rawDesc = "" +
 	"\rmaster_sae_id\x18\x01 \x01(\tR\rmaster_SAE_ID\x12'\n" +
 	"\akey_ids\x18\x02 \x03(\v2\r.qkd.v1.KeyIDR\akey_IDs\x12E\n" +
 	"\x11key_ids_extension\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x11key_IDs_extension\x12\x16\n" +
-	"\x06key_id\x18\x04 \x01(\tR\x06key_ID\"\xb3\x01\n" +
+	"\x06key_id\x18\x04 \x01(\tR\x06key_ID\"\xa8\x01\n" +
+	"\x12ReplaceKeysRequest\x12\"\n" +
+	"\fslave_sae_id\x18\x01 \x01(\tR\fslave_SAE_ID\x12'\n" +
+	"\akey_ids\x18\x02 \x03(\v2\r.qkd.v1.KeyIDR\akey_IDs\x12E\n" +
+	"\x11key_ids_extension\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x11key_IDs_extension\"\xb3\x01\n" +
 	"\x03Key\x12\x16\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x06key_ID\x12C\n" +
 	"\x10key_id_extension\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x10key_ID_extension\x12\x10\n" +
@@ -640,12 +706,13 @@ const file_qkd_v1_keys_proto_rawDesc = "" +
 	"\x17key_container_extension\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x17key_container_extension\"T\n" +
 	"\x05Error\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x121\n" +
-	"\adetails\x18\x02 \x03(\v2\x17.google.protobuf.StructR\adetails2\xa7\x03\n" +
+	"\adetails\x18\x02 \x03(\v2\x17.google.protobuf.StructR\adetails2\x9d\x04\n" +
 	"\n" +
 	"KeyService\x12a\n" +
 	"\tGetStatus\x12\x18.qkd.v1.GetStatusRequest\x1a\x0e.qkd.v1.Status\"*\x82\xd3\xe4\x93\x02$\x12\"/api/v1/keys/{slave_sae_id}/status\x12\x8e\x01\n" +
 	"\x06GetKey\x12\x15.qkd.v1.GetKeyRequest\x1a\x14.qkd.v1.KeyContainer\"W\x82\xd3\xe4\x93\x02Q:\x01*Z&\x12$/api/v1/keys/{slave_sae_id}/enc_keys\"$/api/v1/keys/{slave_sae_id}/enc_keys\x12\xa4\x01\n" +
-	"\x10GetKeyWithKeyIDs\x12\x1f.qkd.v1.GetKeyWithKeyIDsRequest\x1a\x14.qkd.v1.KeyContainer\"Y\x82\xd3\xe4\x93\x02S:\x01*Z'\x12%/api/v1/keys/{master_sae_id}/dec_keys\"%/api/v1/keys/{master_sae_id}/dec_keysB~\n" +
+	"\x10GetKeyWithKeyIDs\x12\x1f.qkd.v1.GetKeyWithKeyIDsRequest\x1a\x14.qkd.v1.KeyContainer\"Y\x82\xd3\xe4\x93\x02S:\x01*Z'\x12%/api/v1/keys/{master_sae_id}/dec_keys\"%/api/v1/keys/{master_sae_id}/dec_keys\x12t\n" +
+	"\vReplaceKeys\x12\x1a.qkd.v1.ReplaceKeysRequest\x1a\x14.qkd.v1.KeyContainer\"3\x82\xd3\xe4\x93\x02-:\x01*\"(/api/v1/keys/{slave_sae_id}/replace_keysB~\n" +
 	"\n" +
 	"com.qkd.v1B\tKeysProtoP\x01Z,github.com/qkdnet/qkdnet/gen/go/qkd/v1;qkdv1\xa2\x02\x03QXX\xaa\x02\x06Qkd.V1\xca\x02\x06Qkd\\V1\xe2\x02\x12Qkd\\V1\\GPBMetadata\xea\x02\aQkd::V1b\x06proto3"
 
@@ -661,41 +728,46 @@ func file_qkd_v1_keys_proto_rawDescGZIP() []byte {
 	return file_qkd_v1_keys_proto_rawDescData
 }
 
-var file_qkd_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_qkd_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_qkd_v1_keys_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),        // 0: qkd.v1.GetStatusRequest
 	(*Status)(nil),                  // 1: qkd.v1.Status
 	(*GetKeyRequest)(nil),           // 2: qkd.v1.GetKeyRequest
 	(*KeyID)(nil),                   // 3: qkd.v1.KeyID
 	(*GetKeyWithKeyIDsRequest)(nil), // 4: qkd.v1.GetKeyWithKeyIDsRequest
-	(*Key)(nil),                     // 5: qkd.v1.Key
-	(*KeyContainer)(nil),            // 6: qkd.v1.KeyContainer
-	(*Error)(nil),                   // 7: qkd.v1.Error
-	(*structpb.Struct)(nil),         // 8: google.protobuf.Struct
+	(*ReplaceKeysRequest)(nil),      // 5: qkd.v1.ReplaceKeysRequest
+	(*Key)(nil),                     // 6: qkd.v1.Key
+	(*KeyContainer)(nil),            // 7: qkd.v1.KeyContainer
+	(*Error)(nil),                   // 8: qkd.v1.Error
+	(*structpb.Struct)(nil),         // 9: google.protobuf.Struct
 }
 var file_qkd_v1_keys_proto_depIdxs = []int32{
-	8,  // 0: qkd.v1.Status.status_extension:type_name -> google.protobuf.Struct
-	8,  // 1: qkd.v1.GetKeyRequest.extension_mandatory:type_name -> google.protobuf.Struct
-	8,  // 2: qkd.v1.GetKeyRequest.extension_optional:type_name -> google.protobuf.Struct
-	8,  // 3: qkd.v1.KeyID.key_id_extension:type_name -> google.protobuf.Struct
+	9,  // 0: qkd.v1.Status.status_extension:type_name -> google.protobuf.Struct
+	9,  // 1: qkd.v1.GetKeyRequest.extension_mandatory:type_name -> google.protobuf.Struct
+	9,  // 2: qkd.v1.GetKeyRequest.extension_optional:type_name -> google.protobuf.Struct
+	9,  // 3: qkd.v1.KeyID.key_id_extension:type_name -> google.protobuf.Struct
 	3,  // 4: qkd.v1.GetKeyWithKeyIDsRequest.key_ids:type_name -> qkd.v1.KeyID
-	8,  // 5: qkd.v1.GetKeyWithKeyIDsRequest.key_ids_extension:type_name -> google.protobuf.Struct
-	8,  // 6: qkd.v1.Key.key_id_extension:type_name -> google.protobuf.Struct
-	8,  // 7: qkd.v1.Key.key_extension:type_name -> google.protobuf.Struct
-	5,  // 8: qkd.v1.KeyContainer.keys:type_name -> qkd.v1.Key
-	8,  // 9: qkd.v1.KeyContainer.key_container_extension:type_name -> google.protobuf.Struct
-	8,  // 10: qkd.v1.Error.details:type_name -> google.protobuf.Struct
-	0,  // 11: qkd.v1.KeyService.GetStatus:input_type -> qkd.v1.GetStatusRequest
-	2,  // 12: qkd.v1.KeyService.GetKey:input_type -> qkd.v1.GetKeyRequest
-	4,  // 13: qkd.v1.KeyService.GetKeyWithKeyIDs:input_type -> qkd.v1.GetKeyWithKeyIDsRequest
-	1,  // 14: qkd.v1.KeyService.GetStatus:output_type -> qkd.v1.Status
-	6,  // 15: qkd.v1.KeyService.GetKey:output_type -> qkd.v1.KeyContainer
-	6,  // 16: qkd.v1.KeyService.GetKeyWithKeyIDs:output_type -> qkd.v1.KeyContainer
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 5: qkd.v1.GetKeyWithKeyIDsRequest.key_ids_extension:type_name -> google.protobuf.Struct
+	3,  // 6: qkd.v1.ReplaceKeysRequest.key_ids:type_name -> qkd.v1.KeyID
+	9,  // 7: qkd.v1.ReplaceKeysRequest.key_ids_extension:type_name -> google.protobuf.Struct
+	9,  // 8: qkd.v1.Key.key_id_extension:type_name -> google.protobuf.Struct
+	9,  // 9: qkd.v1.Key.key_extension:type_name -> google.protobuf.Struct
+	6,  // 10: qkd.v1.KeyContainer.keys:type_name -> qkd.v1.Key
+	9,  // 11: qkd.v1.KeyContainer.key_container_extension:type_name -> google.protobuf.Struct
+	9,  // 12: qkd.v1.Error.details:type_name -> google.protobuf.Struct
+	0,  // 13: qkd.v1.KeyService.GetStatus:input_type -> qkd.v1.GetStatusRequest
+	2,  // 14: qkd.v1.KeyService.GetKey:input_type -> qkd.v1.GetKeyRequest
+	4,  // 15: qkd.v1.KeyService.GetKeyWithKeyIDs:input_type -> qkd.v1.GetKeyWithKeyIDsRequest
+	5,  // 16: qkd.v1.KeyService.ReplaceKeys:input_type -> qkd.v1.ReplaceKeysRequest
+	1,  // 17: qkd.v1.KeyService.GetStatus:output_type -> qkd.v1.Status
+	7,  // 18: qkd.v1.KeyService.GetKey:output_type -> qkd.v1.KeyContainer
+	7,  // 19: qkd.v1.KeyService.GetKeyWithKeyIDs:output_type -> qkd.v1.KeyContainer
+	7,  // 20: qkd.v1.KeyService.ReplaceKeys:output_type -> qkd.v1.KeyContainer
+	17, // [17:21] is the sub-list for method output_type
+	13, // [13:17] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_qkd_v1_keys_proto_init() }
@@ -709,7 +781,7 @@ func file_qkd_v1_keys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qkd_v1_keys_proto_rawDesc), len(file_qkd_v1_keys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	KeyService_GetStatus_FullMethodName        = "/qkd.v1.KeyService/GetStatus"
 	KeyService_GetKey_FullMethodName           = "/qkd.v1.KeyService/GetKey"
 	KeyService_GetKeyWithKeyIDs_FullMethodName = "/qkd.v1.KeyService/GetKeyWithKeyIDs"
+	KeyService_ReplaceKeys_FullMethodName      = "/qkd.v1.KeyService/ReplaceKeys"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -44,6 +45,17 @@ type KeyServiceClient interface {
 	// GetKeyWithKeyIDs answers "Get key with key IDs" (ETSI 014 clause 5.3): the
 	// slave SAE fetches the keys the master SAE got with GetKey.
 	GetKeyWithKeyIDs(ctx context.Context, in *GetKeyWithKeyIDsRequest, opts ...grpc.CallOption) (*KeyContainer, error)
+	// ReplaceKeys is an extension of ETSI 014 (qkdnet's "key replacement on
+	// request", KMM function vi): the master SAE names keys it got with GetKey
+	// for this slave SAE and no longer trusts. Each is destroyed at every node
+	// that holds it (the slave SAE's KME first; a later GetKeyWithKeyIDs of it
+	// is refused as replaced), and the answer carries one fresh key of the same
+	// size per named key_ID, in the same order, with a new key_ID; each new
+	// key's key_ID_extension is {"replaces": "<old key_ID>"}. Only keys the
+	// slave SAE has not fetched yet can be replaced. All or nothing: a refused
+	// request (400, 401) destroys nothing, and one that fails with 503 may be
+	// sent again.
+	ReplaceKeys(ctx context.Context, in *ReplaceKeysRequest, opts ...grpc.CallOption) (*KeyContainer, error)
 }
 
 type keyServiceClient struct {
@@ -84,6 +96,16 @@ func (c *keyServiceClient) GetKeyWithKeyIDs(ctx context.Context, in *GetKeyWithK
 	return out, nil
 }
 
+func (c *keyServiceClient) ReplaceKeys(ctx context.Context, in *ReplaceKeysRequest, opts ...grpc.CallOption) (*KeyContainer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KeyContainer)
+	err := c.cc.Invoke(ctx, KeyService_ReplaceKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -102,6 +124,17 @@ type KeyServiceServer interface {
 	// GetKeyWithKeyIDs answers "Get key with key IDs" (ETSI 014 clause 5.3): the
 	// slave SAE fetches the keys the master SAE got with GetKey.
 	GetKeyWithKeyIDs(context.Context, *GetKeyWithKeyIDsRequest) (*KeyContainer, error)
+	// ReplaceKeys is an extension of ETSI 014 (qkdnet's "key replacement on
+	// request", KMM function vi): the master SAE names keys it got with GetKey
+	// for this slave SAE and no longer trusts. Each is destroyed at every node
+	// that holds it (the slave SAE's KME first; a later GetKeyWithKeyIDs of it
+	// is refused as replaced), and the answer carries one fresh key of the same
+	// size per named key_ID, in the same order, with a new key_ID; each new
+	// key's key_ID_extension is {"replaces": "<old key_ID>"}. Only keys the
+	// slave SAE has not fetched yet can be replaced. All or nothing: a refused
+	// request (400, 401) destroys nothing, and one that fails with 503 may be
+	// sent again.
+	ReplaceKeys(context.Context, *ReplaceKeysRequest) (*KeyContainer, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -120,6 +153,9 @@ func (UnimplementedKeyServiceServer) GetKey(context.Context, *GetKeyRequest) (*K
 }
 func (UnimplementedKeyServiceServer) GetKeyWithKeyIDs(context.Context, *GetKeyWithKeyIDsRequest) (*KeyContainer, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetKeyWithKeyIDs not implemented")
+}
+func (UnimplementedKeyServiceServer) ReplaceKeys(context.Context, *ReplaceKeysRequest) (*KeyContainer, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplaceKeys not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -196,6 +232,24 @@ func _KeyService_GetKeyWithKeyIDs_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_ReplaceKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplaceKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ReplaceKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ReplaceKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ReplaceKeys(ctx, req.(*ReplaceKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -214,6 +268,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetKeyWithKeyIDs",
 			Handler:    _KeyService_GetKeyWithKeyIDs_Handler,
+		},
+		{
+			MethodName: "ReplaceKeys",
+			Handler:    _KeyService_ReplaceKeys_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

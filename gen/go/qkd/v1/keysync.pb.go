@@ -21,6 +21,193 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RevokedKey is a served key named for revocation.
+type RevokedKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key_id is the served key_ID (ETSI 014) of the key.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// parts is how many consecutive keys of the stream, from the key_ID's
+	// sequence number on, make up the key, once a node has found it (held, or
+	// revoked before); 0 while no node has.
+	Parts         uint32 `protobuf:"varint,2,opt,name=parts,proto3" json:"parts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokedKey) Reset() {
+	*x = RevokedKey{}
+	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokedKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokedKey) ProtoMessage() {}
+
+func (x *RevokedKey) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokedKey.ProtoReflect.Descriptor instead.
+func (*RevokedKey) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RevokedKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *RevokedKey) GetParts() uint32 {
+	if x != nil {
+		return x.Parts
+	}
+	return 0
+}
+
+// RevokeRequest names keys of one stream to revoke.
+type RevokeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stream_id is the end-to-end stream (master SAE -> slave SAE).
+	StreamId      string        `protobuf:"bytes,1,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	Keys          []*RevokedKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRequest) Reset() {
+	*x = RevokeRequest{}
+	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRequest) ProtoMessage() {}
+
+func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRequest) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RevokeRequest) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *RevokeRequest) GetKeys() []*RevokedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// RevokeResponse says whether the keys were revoked at the called node and
+// every node after it.
+type RevokeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revoked is true when every key was found and is now erased and marked
+	// revoked on the rest of the path; keys then gives each key's parts.
+	Revoked bool          `protobuf:"varint,1,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	Keys    []*RevokedKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// unknown_key_ids, when not revoked, are the keys no node of the path
+	// holds nor revoked before (never issued, delivered, or expired).
+	UnknownKeyIds []string `protobuf:"bytes,3,rep,name=unknown_key_ids,json=unknownKeyIds,proto3" json:"unknown_key_ids,omitempty"`
+	// other_stream_key_ids are those of unknown_key_ids that a node holds in
+	// another stream of the same master SAE.
+	OtherStreamKeyIds []string `protobuf:"bytes,4,rep,name=other_stream_key_ids,json=otherStreamKeyIds,proto3" json:"other_stream_key_ids,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RevokeResponse) Reset() {
+	*x = RevokeResponse{}
+	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeResponse) ProtoMessage() {}
+
+func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeResponse) Descriptor() ([]byte, []int) {
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RevokeResponse) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *RevokeResponse) GetKeys() []*RevokedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *RevokeResponse) GetUnknownKeyIds() []string {
+	if x != nil {
+		return x.UnknownKeyIds
+	}
+	return nil
+}
+
+func (x *RevokeResponse) GetOtherStreamKeyIds() []string {
+	if x != nil {
+		return x.OtherStreamKeyIds
+	}
+	return nil
+}
+
 // RelayedKey is one key of a relayed stream, padded for the hop.
 type RelayedKey struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -42,7 +229,7 @@ type RelayedKey struct {
 
 func (x *RelayedKey) Reset() {
 	*x = RelayedKey{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -54,7 +241,7 @@ func (x *RelayedKey) String() string {
 func (*RelayedKey) ProtoMessage() {}
 
 func (x *RelayedKey) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[0]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -67,7 +254,7 @@ func (x *RelayedKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayedKey.ProtoReflect.Descriptor instead.
 func (*RelayedKey) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{0}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RelayedKey) GetSeq() uint64 {
@@ -113,7 +300,7 @@ type RelayRequest struct {
 
 func (x *RelayRequest) Reset() {
 	*x = RelayRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -125,7 +312,7 @@ func (x *RelayRequest) String() string {
 func (*RelayRequest) ProtoMessage() {}
 
 func (x *RelayRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[1]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -138,7 +325,7 @@ func (x *RelayRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayRequest.ProtoReflect.Descriptor instead.
 func (*RelayRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{1}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RelayRequest) GetStreamId() string {
@@ -173,7 +360,7 @@ type RelayResponse struct {
 
 func (x *RelayResponse) Reset() {
 	*x = RelayResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -185,7 +372,7 @@ func (x *RelayResponse) String() string {
 func (*RelayResponse) ProtoMessage() {}
 
 func (x *RelayResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[2]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -198,7 +385,7 @@ func (x *RelayResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelayResponse.ProtoReflect.Descriptor instead.
 func (*RelayResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{2}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RelayResponse) GetHeld() []uint64 {
@@ -225,7 +412,7 @@ type QoS struct {
 
 func (x *QoS) Reset() {
 	*x = QoS{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +424,7 @@ func (x *QoS) String() string {
 func (*QoS) ProtoMessage() {}
 
 func (x *QoS) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[3]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +437,7 @@ func (x *QoS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QoS.ProtoReflect.Descriptor instead.
 func (*QoS) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{3}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *QoS) GetKeyRate() uint32 {
@@ -296,7 +483,7 @@ type Stream struct {
 
 func (x *Stream) Reset() {
 	*x = Stream{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +495,7 @@ func (x *Stream) String() string {
 func (*Stream) ProtoMessage() {}
 
 func (x *Stream) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[4]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +508,7 @@ func (x *Stream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stream.ProtoReflect.Descriptor instead.
 func (*Stream) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{4}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Stream) GetStreamId() string {
@@ -369,7 +556,7 @@ type OpenStreamRequest struct {
 
 func (x *OpenStreamRequest) Reset() {
 	*x = OpenStreamRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +568,7 @@ func (x *OpenStreamRequest) String() string {
 func (*OpenStreamRequest) ProtoMessage() {}
 
 func (x *OpenStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[5]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +581,7 @@ func (x *OpenStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenStreamRequest.ProtoReflect.Descriptor instead.
 func (*OpenStreamRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{5}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OpenStreamRequest) GetStream() *Stream {
@@ -414,7 +601,7 @@ type OpenStreamResponse struct {
 
 func (x *OpenStreamResponse) Reset() {
 	*x = OpenStreamResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +613,7 @@ func (x *OpenStreamResponse) String() string {
 func (*OpenStreamResponse) ProtoMessage() {}
 
 func (x *OpenStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[6]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +626,7 @@ func (x *OpenStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenStreamResponse.ProtoReflect.Descriptor instead.
 func (*OpenStreamResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{6}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *OpenStreamResponse) GetStream() *Stream {
@@ -464,7 +651,7 @@ type AllocateRequest struct {
 
 func (x *AllocateRequest) Reset() {
 	*x = AllocateRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +663,7 @@ func (x *AllocateRequest) String() string {
 func (*AllocateRequest) ProtoMessage() {}
 
 func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[7]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +676,7 @@ func (x *AllocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateRequest.ProtoReflect.Descriptor instead.
 func (*AllocateRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{7}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AllocateRequest) GetBatchId() string {
@@ -531,7 +718,7 @@ type AllocateResponse struct {
 
 func (x *AllocateResponse) Reset() {
 	*x = AllocateResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[8]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +730,7 @@ func (x *AllocateResponse) String() string {
 func (*AllocateResponse) ProtoMessage() {}
 
 func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[8]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +743,7 @@ func (x *AllocateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocateResponse.ProtoReflect.Descriptor instead.
 func (*AllocateResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{8}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AllocateResponse) GetUnknownKeyIds() []string {
@@ -578,7 +765,7 @@ type RequestAllocationRequest struct {
 
 func (x *RequestAllocationRequest) Reset() {
 	*x = RequestAllocationRequest{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[9]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +777,7 @@ func (x *RequestAllocationRequest) String() string {
 func (*RequestAllocationRequest) ProtoMessage() {}
 
 func (x *RequestAllocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[9]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +790,7 @@ func (x *RequestAllocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAllocationRequest.ProtoReflect.Descriptor instead.
 func (*RequestAllocationRequest) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{9}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RequestAllocationRequest) GetStream() *Stream {
@@ -630,7 +817,7 @@ type RequestAllocationResponse struct {
 
 func (x *RequestAllocationResponse) Reset() {
 	*x = RequestAllocationResponse{}
-	mi := &file_qkd_v1_keysync_proto_msgTypes[10]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +829,7 @@ func (x *RequestAllocationResponse) String() string {
 func (*RequestAllocationResponse) ProtoMessage() {}
 
 func (x *RequestAllocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qkd_v1_keysync_proto_msgTypes[10]
+	mi := &file_qkd_v1_keysync_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +842,7 @@ func (x *RequestAllocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestAllocationResponse.ProtoReflect.Descriptor instead.
 func (*RequestAllocationResponse) Descriptor() ([]byte, []int) {
-	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{10}
+	return file_qkd_v1_keysync_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RequestAllocationResponse) GetAllocated() uint32 {
@@ -669,7 +856,19 @@ var File_qkd_v1_keysync_proto protoreflect.FileDescriptor
 
 const file_qkd_v1_keysync_proto_rawDesc = "" +
 	"\n" +
-	"\x14qkd/v1/keysync.proto\x12\x06qkd.v1\"Y\n" +
+	"\x14qkd/v1/keysync.proto\x12\x06qkd.v1\"9\n" +
+	"\n" +
+	"RevokedKey\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05parts\x18\x02 \x01(\rR\x05parts\"T\n" +
+	"\rRevokeRequest\x12\x1b\n" +
+	"\tstream_id\x18\x01 \x01(\tR\bstreamId\x12&\n" +
+	"\x04keys\x18\x02 \x03(\v2\x12.qkd.v1.RevokedKeyR\x04keys\"\xab\x01\n" +
+	"\x0eRevokeResponse\x12\x18\n" +
+	"\arevoked\x18\x01 \x01(\bR\arevoked\x12&\n" +
+	"\x04keys\x18\x02 \x03(\v2\x12.qkd.v1.RevokedKeyR\x04keys\x12&\n" +
+	"\x0funknown_key_ids\x18\x03 \x03(\tR\runknownKeyIds\x12/\n" +
+	"\x14other_stream_key_ids\x18\x04 \x03(\tR\x11otherStreamKeyIds\"Y\n" +
 	"\n" +
 	"RelayedKey\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x15\n" +
@@ -710,13 +909,14 @@ const file_qkd_v1_keysync_proto_rawDesc = "" +
 	"\x06stream\x18\x01 \x01(\v2\x0e.qkd.v1.StreamR\x06stream\x12\x12\n" +
 	"\x04want\x18\x02 \x01(\rR\x04want\"9\n" +
 	"\x19RequestAllocationResponse\x12\x1c\n" +
-	"\tallocated\x18\x01 \x01(\rR\tallocated2\xa4\x02\n" +
+	"\tallocated\x18\x01 \x01(\rR\tallocated2\xdd\x02\n" +
 	"\x0eKeySyncService\x12C\n" +
 	"\n" +
 	"OpenStream\x12\x19.qkd.v1.OpenStreamRequest\x1a\x1a.qkd.v1.OpenStreamResponse\x12=\n" +
 	"\bAllocate\x12\x17.qkd.v1.AllocateRequest\x1a\x18.qkd.v1.AllocateResponse\x12X\n" +
 	"\x11RequestAllocation\x12 .qkd.v1.RequestAllocationRequest\x1a!.qkd.v1.RequestAllocationResponse\x124\n" +
-	"\x05Relay\x12\x14.qkd.v1.RelayRequest\x1a\x15.qkd.v1.RelayResponseB\x81\x01\n" +
+	"\x05Relay\x12\x14.qkd.v1.RelayRequest\x1a\x15.qkd.v1.RelayResponse\x127\n" +
+	"\x06Revoke\x12\x15.qkd.v1.RevokeRequest\x1a\x16.qkd.v1.RevokeResponseB\x81\x01\n" +
 	"\n" +
 	"com.qkd.v1B\fKeysyncProtoP\x01Z,github.com/qkdnet/qkdnet/gen/go/qkd/v1;qkdv1\xa2\x02\x03QXX\xaa\x02\x06Qkd.V1\xca\x02\x06Qkd\\V1\xe2\x02\x12Qkd\\V1\\GPBMetadata\xea\x02\aQkd::V1b\x06proto3"
 
@@ -732,40 +932,47 @@ func file_qkd_v1_keysync_proto_rawDescGZIP() []byte {
 	return file_qkd_v1_keysync_proto_rawDescData
 }
 
-var file_qkd_v1_keysync_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_qkd_v1_keysync_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_qkd_v1_keysync_proto_goTypes = []any{
-	(*RelayedKey)(nil),                // 0: qkd.v1.RelayedKey
-	(*RelayRequest)(nil),              // 1: qkd.v1.RelayRequest
-	(*RelayResponse)(nil),             // 2: qkd.v1.RelayResponse
-	(*QoS)(nil),                       // 3: qkd.v1.QoS
-	(*Stream)(nil),                    // 4: qkd.v1.Stream
-	(*OpenStreamRequest)(nil),         // 5: qkd.v1.OpenStreamRequest
-	(*OpenStreamResponse)(nil),        // 6: qkd.v1.OpenStreamResponse
-	(*AllocateRequest)(nil),           // 7: qkd.v1.AllocateRequest
-	(*AllocateResponse)(nil),          // 8: qkd.v1.AllocateResponse
-	(*RequestAllocationRequest)(nil),  // 9: qkd.v1.RequestAllocationRequest
-	(*RequestAllocationResponse)(nil), // 10: qkd.v1.RequestAllocationResponse
+	(*RevokedKey)(nil),                // 0: qkd.v1.RevokedKey
+	(*RevokeRequest)(nil),             // 1: qkd.v1.RevokeRequest
+	(*RevokeResponse)(nil),            // 2: qkd.v1.RevokeResponse
+	(*RelayedKey)(nil),                // 3: qkd.v1.RelayedKey
+	(*RelayRequest)(nil),              // 4: qkd.v1.RelayRequest
+	(*RelayResponse)(nil),             // 5: qkd.v1.RelayResponse
+	(*QoS)(nil),                       // 6: qkd.v1.QoS
+	(*Stream)(nil),                    // 7: qkd.v1.Stream
+	(*OpenStreamRequest)(nil),         // 8: qkd.v1.OpenStreamRequest
+	(*OpenStreamResponse)(nil),        // 9: qkd.v1.OpenStreamResponse
+	(*AllocateRequest)(nil),           // 10: qkd.v1.AllocateRequest
+	(*AllocateResponse)(nil),          // 11: qkd.v1.AllocateResponse
+	(*RequestAllocationRequest)(nil),  // 12: qkd.v1.RequestAllocationRequest
+	(*RequestAllocationResponse)(nil), // 13: qkd.v1.RequestAllocationResponse
 }
 var file_qkd_v1_keysync_proto_depIdxs = []int32{
-	0,  // 0: qkd.v1.RelayRequest.keys:type_name -> qkd.v1.RelayedKey
-	3,  // 1: qkd.v1.Stream.qos:type_name -> qkd.v1.QoS
-	4,  // 2: qkd.v1.OpenStreamRequest.stream:type_name -> qkd.v1.Stream
-	4,  // 3: qkd.v1.OpenStreamResponse.stream:type_name -> qkd.v1.Stream
-	4,  // 4: qkd.v1.AllocateRequest.stream:type_name -> qkd.v1.Stream
-	4,  // 5: qkd.v1.RequestAllocationRequest.stream:type_name -> qkd.v1.Stream
-	5,  // 6: qkd.v1.KeySyncService.OpenStream:input_type -> qkd.v1.OpenStreamRequest
-	7,  // 7: qkd.v1.KeySyncService.Allocate:input_type -> qkd.v1.AllocateRequest
-	9,  // 8: qkd.v1.KeySyncService.RequestAllocation:input_type -> qkd.v1.RequestAllocationRequest
-	1,  // 9: qkd.v1.KeySyncService.Relay:input_type -> qkd.v1.RelayRequest
-	6,  // 10: qkd.v1.KeySyncService.OpenStream:output_type -> qkd.v1.OpenStreamResponse
-	8,  // 11: qkd.v1.KeySyncService.Allocate:output_type -> qkd.v1.AllocateResponse
-	10, // 12: qkd.v1.KeySyncService.RequestAllocation:output_type -> qkd.v1.RequestAllocationResponse
-	2,  // 13: qkd.v1.KeySyncService.Relay:output_type -> qkd.v1.RelayResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	0,  // 0: qkd.v1.RevokeRequest.keys:type_name -> qkd.v1.RevokedKey
+	0,  // 1: qkd.v1.RevokeResponse.keys:type_name -> qkd.v1.RevokedKey
+	3,  // 2: qkd.v1.RelayRequest.keys:type_name -> qkd.v1.RelayedKey
+	6,  // 3: qkd.v1.Stream.qos:type_name -> qkd.v1.QoS
+	7,  // 4: qkd.v1.OpenStreamRequest.stream:type_name -> qkd.v1.Stream
+	7,  // 5: qkd.v1.OpenStreamResponse.stream:type_name -> qkd.v1.Stream
+	7,  // 6: qkd.v1.AllocateRequest.stream:type_name -> qkd.v1.Stream
+	7,  // 7: qkd.v1.RequestAllocationRequest.stream:type_name -> qkd.v1.Stream
+	8,  // 8: qkd.v1.KeySyncService.OpenStream:input_type -> qkd.v1.OpenStreamRequest
+	10, // 9: qkd.v1.KeySyncService.Allocate:input_type -> qkd.v1.AllocateRequest
+	12, // 10: qkd.v1.KeySyncService.RequestAllocation:input_type -> qkd.v1.RequestAllocationRequest
+	4,  // 11: qkd.v1.KeySyncService.Relay:input_type -> qkd.v1.RelayRequest
+	1,  // 12: qkd.v1.KeySyncService.Revoke:input_type -> qkd.v1.RevokeRequest
+	9,  // 13: qkd.v1.KeySyncService.OpenStream:output_type -> qkd.v1.OpenStreamResponse
+	11, // 14: qkd.v1.KeySyncService.Allocate:output_type -> qkd.v1.AllocateResponse
+	13, // 15: qkd.v1.KeySyncService.RequestAllocation:output_type -> qkd.v1.RequestAllocationResponse
+	5,  // 16: qkd.v1.KeySyncService.Relay:output_type -> qkd.v1.RelayResponse
+	2,  // 17: qkd.v1.KeySyncService.Revoke:output_type -> qkd.v1.RevokeResponse
+	13, // [13:18] is the sub-list for method output_type
+	8,  // [8:13] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_qkd_v1_keysync_proto_init() }
@@ -779,7 +986,7 @@ func file_qkd_v1_keysync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qkd_v1_keysync_proto_rawDesc), len(file_qkd_v1_keysync_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	KeySyncService_Allocate_FullMethodName          = "/qkd.v1.KeySyncService/Allocate"
 	KeySyncService_RequestAllocation_FullMethodName = "/qkd.v1.KeySyncService/RequestAllocation"
 	KeySyncService_Relay_FullMethodName             = "/qkd.v1.KeySyncService/Relay"
+	KeySyncService_Revoke_FullMethodName            = "/qkd.v1.KeySyncService/Revoke"
 )
 
 // KeySyncServiceClient is the client API for KeySyncService service.
@@ -51,6 +52,16 @@ type KeySyncServiceClient interface {
 	// X = Z xor P, checks it, stores it in the stream and erases P. Idempotent
 	// per sequence number.
 	Relay(ctx context.Context, in *RelayRequest, opts ...grpc.CallOption) (*RelayResponse, error)
+	// Revoke destroys served keys of a stream at the called node and every
+	// node after it on the stream's path, for the master SAE's key
+	// replacement. It is sent by the node before the called one on the path
+	// (the master SAE's node to the next one). The called node looks for each
+	// key, passes the request on (if it is not the path's last node), and the
+	// last node decides: only if every key is held somewhere on the path, or
+	// was revoked before, is each erased and marked revoked, from the last node
+	// back to the first, so that a key still on its way by relay is discarded
+	// where it arrives. Otherwise nothing is written anywhere. Idempotent.
+	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 }
 
 type keySyncServiceClient struct {
@@ -101,6 +112,16 @@ func (c *keySyncServiceClient) Relay(ctx context.Context, in *RelayRequest, opts
 	return out, nil
 }
 
+func (c *keySyncServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, KeySyncService_Revoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeySyncServiceServer is the server API for KeySyncService service.
 // All implementations must embed UnimplementedKeySyncServiceServer
 // for forward compatibility.
@@ -127,6 +148,16 @@ type KeySyncServiceServer interface {
 	// X = Z xor P, checks it, stores it in the stream and erases P. Idempotent
 	// per sequence number.
 	Relay(context.Context, *RelayRequest) (*RelayResponse, error)
+	// Revoke destroys served keys of a stream at the called node and every
+	// node after it on the stream's path, for the master SAE's key
+	// replacement. It is sent by the node before the called one on the path
+	// (the master SAE's node to the next one). The called node looks for each
+	// key, passes the request on (if it is not the path's last node), and the
+	// last node decides: only if every key is held somewhere on the path, or
+	// was revoked before, is each erased and marked revoked, from the last node
+	// back to the first, so that a key still on its way by relay is discarded
+	// where it arrives. Otherwise nothing is written anywhere. Idempotent.
+	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	mustEmbedUnimplementedKeySyncServiceServer()
 }
 
@@ -148,6 +179,9 @@ func (UnimplementedKeySyncServiceServer) RequestAllocation(context.Context, *Req
 }
 func (UnimplementedKeySyncServiceServer) Relay(context.Context, *RelayRequest) (*RelayResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Relay not implemented")
+}
+func (UnimplementedKeySyncServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
 }
 func (UnimplementedKeySyncServiceServer) mustEmbedUnimplementedKeySyncServiceServer() {}
 func (UnimplementedKeySyncServiceServer) testEmbeddedByValue()                        {}
@@ -242,6 +276,24 @@ func _KeySyncService_Relay_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeySyncService_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeySyncServiceServer).Revoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeySyncService_Revoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeySyncServiceServer).Revoke(ctx, req.(*RevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeySyncService_ServiceDesc is the grpc.ServiceDesc for KeySyncService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -264,6 +316,10 @@ var KeySyncService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Relay",
 			Handler:    _KeySyncService_Relay_Handler,
+		},
+		{
+			MethodName: "Revoke",
+			Handler:    _KeySyncService_Revoke_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
