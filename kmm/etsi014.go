@@ -242,7 +242,7 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	case len(ids) > k.set.MaxKeysPerRequest:
 		return nil, badRequest("key_IDs", fmt.Sprintf("more than max_key_per_request %d", k.set.MaxKeysPerRequest))
 	}
-	streamID, err := k.decStream(StreamID(master, slave), ids)
+	streamID, err := k.decStream(master, slave, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -312,24 +312,26 @@ func (k *KMM) GetKeyWithKeyIDs(ctx context.Context, req *qkdv1.GetKeyWithKeyIDsR
 	return container(keys), nil
 }
 
-// decStream is the stream of key stream base that holds the keys ids name:
-// that of the path generation their key_IDs say. Keys of two generations
-// (a reroute came between the enc_keys calls that got them) are refused
-// rather than served in part.
-func (k *KMM) decStream(base string, ids []string) (string, error) {
-	gen, first := uint32(0), ""
+// decStream is the stream of the key stream master -> slave that holds the
+// keys ids name: that of the path generation their key_IDs say
+// (streamOfKey). Keys of two generations (a reroute came between the
+// enc_keys calls that got them) are refused rather than served in part.
+func (k *KMM) decStream(master, slave string, ids []string) (string, error) {
+	var stream, first string
 	for _, id := range ids {
-		seq, ok := keystore.KeyIDSeq(id)
-		if !ok {
+		if _, ok := keystore.KeyIDSeq(id); !ok {
 			continue // TakeIDs names it
 		}
-		g := genOfSeq(seq)
-		if first != "" && g != gen {
+		s := k.streamOfKey(master, slave, id)
+		if first != "" && s != stream {
 			return "", badRequest("key_IDs", fmt.Sprintf("key_IDs %s and %s come from two paths of the key stream (it was rerouted between them); ask for each path's keys in a request of its own", first, id))
 		}
-		gen, first = g, id
+		stream, first = s, id
 	}
-	return GenStreamID(base, gen), nil
+	if first == "" {
+		return StreamID(master, slave), nil
+	}
+	return stream, nil
 }
 
 func container(keys []keystore.Served) *qkdv1.KeyContainer {

@@ -25,7 +25,8 @@ func servedID(seq uint64) string {
 // request that mixes two.
 func TestGenerations(t *testing.T) {
 	k := &KMM{relay: relays{wake: make(chan struct{}, 1)}}
-	const base = "SAE_A->SAE_C"
+	const master, slave = "SAE_A", "SAE_C"
+	base := StreamID(master, slave)
 	g1 := GenStreamID(base, 1)
 	if g1 == base || GenStreamID(base, 0) != base || GenFirstSeq(1) != 1<<40 || genOfSeq(GenFirstSeq(7)+12345) != 7 {
 		t.Fatalf("generation names or sequence numbers wrong: %q %d", g1, GenFirstSeq(1))
@@ -59,12 +60,12 @@ func TestGenerations(t *testing.T) {
 		{[]string{cur, servedID(GenFirstSeq(1) + 9)}, g1},
 		{[]string{"not-a-key-id", cur}, g1},
 	} {
-		got, err := k.decStream(base, c.ids)
+		got, err := k.decStream(master, slave, c.ids)
 		if err != nil || got != c.want {
 			t.Errorf("decStream(%v) = %q, %v; want %q", c.ids, got, err, c.want)
 		}
 	}
-	if _, err := k.decStream(base, []string{old, cur}); err == nil || !strings.Contains(err.Error(), "two paths") {
+	if _, err := k.decStream(master, slave, []string{old, cur}); err == nil || !strings.Contains(err.Error(), "two paths") {
 		t.Errorf("key_IDs of two generations: %v", err)
 	}
 }

@@ -36,11 +36,14 @@ import (
 // nodes that revoked already answer "revoked before".
 
 // streamOfKey is the stream of the master SAE's keys for the slave SAE that
-// holds keyID. It is the one place that says so: the key_ID's sequence
-// number will pick a stream's generation once rerouted streams get new IDs.
+// holds keyID: the path generation its sequence number says (see
+// GenStreamID). It is the one place that says so.
 func (k *KMM) streamOfKey(master, slave, keyID string) string {
-	_ = keyID
-	return StreamID(master, slave)
+	base := StreamID(master, slave)
+	if seq, ok := keystore.KeyIDSeq(keyID); ok {
+		return GenStreamID(base, genOfSeq(seq))
+	}
+	return base
 }
 
 // keyedLock serialises work per key (here, replacements per stream at the
