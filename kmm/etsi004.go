@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -344,6 +345,7 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 		what = "delivered_dec"
 	}
 	deadline := time.Now().Add(c.timeout)
+	var asking atomic.Bool
 	for {
 		changed := k.store.Changed()
 		key, err := k.store.TakeAt(st.ID, seq, chunk*8, what)
@@ -371,12 +373,17 @@ func (k *KMM) GetStreamKey(ctx context.Context, req *qkdv1.GetStreamKeyRequest) 
 				}
 			}
 		}
-		// Ask for the keys up to this chunk, then wait for them until the
-		// caller's timeout.
-		if have := k.store.StreamCount(st.ID); have < per && !relayed {
-			fctx, cancel := context.WithTimeout(ctx, time.Until(deadline)+time.Millisecond)
-			k.fill(fctx, st, link, per-have)
-			cancel()
+		// Ask for the keys up to this chunk (in the background, one request
+		// at a time: the link may be busy with a large batch while the keys
+		// arrive by other means), then wait for them until the caller's
+		// timeout.
+		if have := k.store.StreamCount(st.ID); have < per && !relayed && asking.CompareAndSwap(false, true) {
+			go func() {
+				defer asking.Store(false)
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Until(deadline)+time.Millisecond)
+				defer cancel()
+				k.fill(fctx, st, link, per-have)
+			}()
 		}
 		if time.Now().After(deadline) {
 			code := uint32(Status004NoKey)

@@ -137,6 +137,8 @@ type relays struct {
 	// applied is closed (and replaced) by every SetRelays: a configuration
 	// from the controller has been applied.
 	applied chan struct{}
+	// filling marks the hop streams with a pad allocation under way.
+	filling map[string]bool
 }
 
 // SetRelays replaces the node's multi-hop plans (from the configuration the
@@ -320,7 +322,9 @@ func (k *KMM) relayOnce(ctx context.Context, p RelayPlan) (int, error) {
 		}
 		req.Keys = append(req.Keys, &qkdv1.RelayedKey{Seq: x.Seq, KeyId: x.KeyID, Z: z, Check: relayCheck(p.Stream, x.Seq, x.Key)})
 	}
-	// Keys without a pad yet: have the out hop allocate up to the last one.
+	// Keys without a pad yet: have the out hop allocate up to the last one,
+	// in the background, so that the keys that have pads go now (the
+	// allocation may wait for the link behind a large batch).
 	if last := xs[len(xs)-1].Seq; len(pads) == 0 || pads[len(pads)-1].Seq < last {
 		have := uint64(0)
 		if len(pads) > 0 {
@@ -329,9 +333,7 @@ func (k *KMM) relayOnce(ctx context.Context, p RelayPlan) (int, error) {
 			have = xs[0].Seq
 		}
 		if want := int(last + 1 - have); want > 0 {
-			if err := k.fillHop(ctx, p, want); err != nil {
-				k.logger.DebugContext(ctx, "pads for relay not allocated yet", "stream", p.Out.Stream, "err", err)
-			}
+			k.fillHopAsync(ctx, p, want)
 		}
 	}
 	if len(req.Keys) == 0 {
@@ -355,6 +357,30 @@ func (k *KMM) relayOnce(ctx context.Context, p RelayPlan) (int, error) {
 		return 0, err
 	}
 	return len(held), nil
+}
+
+// fillHopAsync runs fillHop in the background, one at a time per hop
+// stream; the relay loop is woken when it is done.
+func (k *KMM) fillHopAsync(ctx context.Context, p RelayPlan, want int) {
+	k.relay.mu.Lock()
+	if k.relay.filling == nil {
+		k.relay.filling = map[string]bool{}
+	}
+	busy := k.relay.filling[p.Out.Stream]
+	k.relay.filling[p.Out.Stream] = true
+	k.relay.mu.Unlock()
+	if busy {
+		return
+	}
+	go func() {
+		if err := k.fillHop(ctx, p, want); err != nil && ctx.Err() == nil {
+			k.logger.DebugContext(ctx, "pads for relay not allocated yet", "stream", p.Out.Stream, "err", err)
+		}
+		k.relay.mu.Lock()
+		delete(k.relay.filling, p.Out.Stream)
+		k.relay.mu.Unlock()
+		k.wakeRelay()
+	}()
 }
 
 // fillHop has the out hop's stream allocate want more pads.

@@ -181,17 +181,21 @@ func (a *Allocator) Cycle(ctx context.Context) {
 func (a *Allocator) cycleLink(ctx context.Context, link string, streams []keystore.Stream) error {
 	m := a.linkLock(link)
 	m.Lock()
-	defer m.Unlock()
 	if err := a.resendPending(ctx, link); err != nil {
+		m.Unlock()
 		return err
 	}
 	a.mu.Lock()
 	granted := maps.Clone(a.windowOf(link).granted)
 	a.mu.Unlock()
 	plan := Plan(streams, a.store.StreamCount, func(id string) int { return granted[id] }, a.store.PoolCount(link), a.cfg.Period)
+	m.Unlock()
+	// The link is locked for one batch at a time: filling a new stream's
+	// buffer takes many batches, and an on-demand Fill (an SAE waiting)
+	// must not wait for all of them.
 	var errs []error
 	for _, p := range plan {
-		n, err := a.allocate(ctx, p.StreamID, p.Keys)
+		n, err := a.allocate(ctx, p.StreamID, p.Keys, m)
 		a.note(link, p.StreamID, n)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("stream %s: %w", p.StreamID, err))
@@ -311,7 +315,7 @@ func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (
 	if allowed <= 0 {
 		return 0, nil
 	}
-	n, err := a.allocate(ctx, streamID, min(want, allowed))
+	n, err := a.allocate(ctx, streamID, min(want, allowed), nil)
 	a.note(link, streamID, n)
 	return n, err
 }
@@ -346,24 +350,48 @@ func OnDemand(streams []keystore.Stream, id string, held func(streamID string) i
 // allocate reserves up to n keys in batches, synchronises each with the
 // Slave KMM and commits it. It stops at the first batch the pool cannot
 // supply or the Slave does not answer.
-func (a *Allocator) allocate(ctx context.Context, streamID string, n int) (int, error) {
+// firstBatch bounds the first batch allocated to an empty stream.
+const firstBatch = 32
+
+// allocate moves n pool keys to a stream in batches. With lock, it holds
+// lock for each batch; without, the caller holds the link lock.
+func (a *Allocator) allocate(ctx context.Context, streamID string, n int, lock sync.Locker) (int, error) {
 	total := 0
-	for n > 0 {
-		p, err := a.store.Reserve(streamID, newBatchID(), min(n, a.cfg.MaxBatch))
-		if errors.Is(err, keystore.ErrNotEnoughKeys) {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-		got, err := a.settle(ctx, p)
-		if err != nil {
-			return total, err
-		}
+	for first := true; n > 0; first = false {
+		got, size, err := a.allocateBatch(ctx, streamID, n, first, lock)
 		total += got
-		n -= len(p.KeyIDs)
+		if err != nil || size == 0 {
+			return total, err
+		}
+		n -= size
 	}
 	return total, nil
+}
+
+// allocateBatch reserves and settles one batch of at most n keys. It
+// returns the keys allocated and the batch's size (0: the pool is empty).
+func (a *Allocator) allocateBatch(ctx context.Context, streamID string, n int, first bool, lock sync.Locker) (int, int, error) {
+	if lock != nil {
+		lock.Lock()
+		defer lock.Unlock()
+	}
+	size := min(n, a.cfg.MaxBatch)
+	// A stream that holds nothing gets a small batch first: its first key
+	// is waited for (ETSI 004 asks for it right after OPEN_CONNECT; a relay
+	// node waits for it to relay), and a batch of thousands takes the Slave
+	// KMM tens of milliseconds to store.
+	if first && a.store.StreamCount(streamID) == 0 {
+		size = min(size, firstBatch)
+	}
+	p, err := a.store.Reserve(streamID, newBatchID(), size)
+	if errors.Is(err, keystore.ErrNotEnoughKeys) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	got, err := a.settle(ctx, p)
+	return got, len(p.KeyIDs), err
 }
 
 // settle sends a reserved batch to the Slave KMM and commits the answer. On a

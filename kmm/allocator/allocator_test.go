@@ -526,3 +526,28 @@ func TestDrainingStream(t *testing.T) {
 		t.Fatalf("on demand: %d, %v (holds %d); want 6", n, err, st.inStream["old"])
 	}
 }
+
+// TestFirstBatchSmall: a stream that holds no key gets a small batch first,
+// so its first key does not wait for the Slave KMM to store thousands.
+func TestFirstBatchSmall(t *testing.T) {
+	for _, tc := range []struct {
+		held int
+		want []int
+	}{{0, []int{firstBatch, 100 - firstBatch}}, {1, []int{100}}} {
+		st := newFakeStore(stream("s", 1, 1000, 0))
+		st.inStream["s"] = tc.held
+		st.supply("L", 200)
+		sy := &fakeSyncer{unknown: map[string]bool{}}
+		a := New(st, sy, func(string) bool { return true }, Config{MaxBatch: 1000}, slog.New(slog.DiscardHandler))
+		if n, err := a.Fill(context.Background(), "s", "L", 100); err != nil || n != 100 {
+			t.Fatalf("held %d: Fill = %d, %v", tc.held, n, err)
+		}
+		var sizes []int
+		for _, p := range sy.sent {
+			sizes = append(sizes, len(p.KeyIDs))
+		}
+		if !reflect.DeepEqual(sizes, tc.want) {
+			t.Errorf("held %d: batches %v, want %v", tc.held, sizes, tc.want)
+		}
+	}
+}
