@@ -11,6 +11,10 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/qkdnet/qkdnet/controller/ctlclient"
+	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/testbed"
 )
 
@@ -21,10 +25,11 @@ const (
 	Pause          = "pause"           // SIGSTOP an agent or a replica, SIGCONT after a while
 	DiskFull       = "disk-full"       // fill the tmpfs under one node's key store, then free it
 	CutKMM         = "cut-kmm"         // reset and refuse every inter-KMM connection into one node, then restore
+	LinkDown       = "link-down"       // disable a QKD link through the controller (its drivers stop), then enable it
 )
 
 // FaultKinds are every kind, in report order.
-var FaultKinds = []string{KillAgent, KillController, Pause, DiskFull, CutKMM}
+var FaultKinds = []string{KillAgent, KillController, Pause, DiskFull, CutKMM, LinkDown}
 
 // injector applies one fault at a time. Faults do not overlap: each is
 // healed before the next, so the network always has a controller quorum
@@ -188,10 +193,41 @@ func (in *injector) inject(ctx context.Context, kind string) error {
 		hold(ctx, d)
 		p.Restore()
 		in.log("healed", "kind", kind, "target", "inter-KMM connections into node "+node)
+	case LinkDown:
+		links := in.n.Plan().Topology.Links
+		if len(links) == 0 {
+			return errors.New("the topology has no link")
+		}
+		link := links[in.rng.IntN(len(links))].ID
+		d := in.between(time.Second, 5*time.Second)
+		in.log("fault", "kind", kind, "target", "QKD link "+link, "for", d.Round(time.Millisecond))
+		if err := in.enableLink(heal, link, false); err != nil {
+			return err
+		}
+		in.count(kind)
+		hold(ctx, d)
+		if err := in.enableLink(heal, link, true); err != nil {
+			return err
+		}
+		in.log("healed", "kind", kind, "target", "QKD link "+link)
 	default:
 		return fmt.Errorf("unknown fault kind %q", kind)
 	}
 	return nil
+}
+
+// enableLink enables or disables a link through the controller, retrying
+// while there is no leader (a controller fault may have just healed).
+func (in *injector) enableLink(ctx context.Context, link string, on bool) error {
+	cl, err := in.n.ControllerClient()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	return cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: link, Enable: on})
+		return err
+	})
 }
 
 func (in *injector) count(kind string) {

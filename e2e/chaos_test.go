@@ -11,14 +11,15 @@ import (
 )
 
 // TestChaos runs `qkdchaos chaos` briefly over a real network (3 controller
-// replicas, rooftops A-B-C): every fault kind must actually be injected
+// replicas, the ring A-B-C-D, so that link-down reroutes the relayed
+// streams A <-> C through the other side): every fault kind must actually be injected
 // (disk-full needs root; without it the report must say why it was
 // skipped), keys must flow, and the invariant check over every key must
 // find nothing. The seed is fixed so a failure can be replayed with the
 // same fault schedule; the run's log is in the test output.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs a network under faults for 20 s")
+		t.Skip("runs a network under faults for 25 s")
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "qkdchaos")
@@ -27,7 +28,7 @@ func TestChaos(t *testing.T) {
 		t.Fatalf("build qkdchaos: %v\n%s", err, out)
 	}
 	report := filepath.Join(dir, "report.json")
-	cmd := exec.Command(bin, "chaos", "--duration", "20s", "--seed", "20240601", "--report", report)
+	cmd := exec.Command(bin, "chaos", "--topology", "ring", "--duration", "25s", "--seed", "20240601", "--report", report)
 	out, err := cmd.CombinedOutput()
 	t.Logf("qkdchaos output:\n%s", out)
 	if err != nil {

@@ -239,6 +239,10 @@ func (k *KMM) hopOf(id, link, peer string) bool {
 	return false
 }
 
+// relayWarnEvery is the least time between two warnings of failed relays
+// of one stream.
+const relayWarnEvery = 5 * time.Second
+
 // relayBatch bounds the keys of one Relay message.
 const relayBatch = 512
 
@@ -247,6 +251,13 @@ const relayBatch = 512
 func (k *KMM) relayLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	// A peer that is down makes every pass fail: warn once per stream every
+	// relayWarnEvery, with how many failures were not logged.
+	type warned struct {
+		at         time.Time
+		suppressed int
+	}
+	warns := map[string]*warned{}
 	for {
 		changed := k.store.Changed()
 		busy := false
@@ -256,7 +267,19 @@ func (k *KMM) relayLoop(ctx context.Context) {
 			}
 			n, err := k.relayOnce(ctx, p)
 			if err != nil && ctx.Err() == nil {
-				k.logger.WarnContext(ctx, "key relay failed; retrying", "stream", p.Stream, "to", p.Out.Peer, "err", err)
+				w := warns[p.Stream]
+				if w == nil {
+					w = &warned{}
+					warns[p.Stream] = w
+				}
+				if time.Since(w.at) < relayWarnEvery {
+					w.suppressed++
+				} else {
+					k.logger.WarnContext(ctx, "key relay failed; retrying", "stream", p.Stream, "to", p.Out.Peer, "err", err, "failures_not_logged", w.suppressed)
+					w.at, w.suppressed = time.Now(), 0
+				}
+			} else if err == nil && warns[p.Stream] != nil {
+				delete(warns, p.Stream)
 			}
 			busy = busy || n == relayBatch
 		}

@@ -123,7 +123,7 @@ func TestEmbeddedTopologies(t *testing.T) {
 			t.Errorf("testbed/topologies/%s.yaml differs from deploy/topologies/%[1]s.yaml; copy it over", name)
 		}
 	}
-	if _, err := LoadTopology("nope"); err == nil || !strings.Contains(err.Error(), "bench, fig4, rooftops") {
+	if _, err := LoadTopology("nope"); err == nil || !strings.Contains(err.Error(), "bench, fig4, ring, rooftops") {
 		t.Errorf("unknown topology: %v", err)
 	}
 	p := filepath.Join(t.TempDir(), "t.yaml")

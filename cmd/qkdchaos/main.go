@@ -86,7 +86,9 @@ func runMode(mode string, args []string, stdout, stderr io.Writer) int {
 		"(SIGKILL, then restart), pause (SIGSTOP, then SIGCONT), disk-full (a tmpfs\n" +
 		"under one node's key store, filled then freed; needs root, else skipped),\n" +
 		"cut-kmm (a TCP proxy in front of each node resets and refuses peer KMM\n" +
-		"connections). Then it fetches at the slaves every key their masters got,\n" +
+		"connections), link-down (a QKD link disabled through the controller:\n" +
+		"its drivers stop, streams are rerouted where another path exists, else\n" +
+		"wait; then enabled again). Then it fetches at the slaves every key their masters got,\n" +
 		"checks that no key was served twice, both ends got the same bits and no\n" +
 		"key enc_keys returned is lost, prints the faults by kind, keys delivered\n" +
 		"and violations, and exits 1 on any violation. The seed is printed; the\n" +

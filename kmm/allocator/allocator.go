@@ -82,6 +82,10 @@ type Allocator struct {
 	// period (by cycle or on demand): the rate a stream is promised is per
 	// period, however often cycles run (a key arriving wakes one).
 	windows map[string]*window
+	// demand is what draining streams asked for on demand and did not get.
+	// Their keys carry keys an SAE already has (the pads of a relay on an
+	// earlier path), so cycles serve it before any promise.
+	demand map[string]int
 }
 
 type window struct {
@@ -162,9 +166,9 @@ func (a *Allocator) Run(ctx context.Context) error {
 func (a *Allocator) Cycle(ctx context.Context) {
 	byLink := map[string][]keystore.Stream{}
 	for _, st := range a.store.Streams() {
-		// A draining stream (an earlier path of a rerouted one) gets keys
-		// only on demand.
-		if a.master(st.Link) && !st.Draining {
+		// A draining stream (an earlier path of a rerouted one) gets only
+		// what it asked for on demand.
+		if a.master(st.Link) && (!st.Draining || a.demandOf(st.ID) > 0) {
 			byLink[st.Link] = append(byLink[st.Link], st)
 		}
 	}
@@ -188,12 +192,34 @@ func (a *Allocator) cycleLink(ctx context.Context, link string, streams []keysto
 	a.mu.Lock()
 	granted := maps.Clone(a.windowOf(link).granted)
 	a.mu.Unlock()
-	plan := Plan(streams, a.store.StreamCount, func(id string) int { return granted[id] }, a.store.PoolCount(link), a.cfg.Period)
+	var drains []Grant
+	var regular []keystore.Stream
+	for _, st := range streams {
+		if st.Draining {
+			drains = append(drains, Grant{StreamID: st.ID, Keys: a.demandOf(st.ID)})
+		} else {
+			regular = append(regular, st)
+		}
+	}
+	m.Unlock()
+	// First what draining streams asked for, then the plan, made after them.
+	var errs []error
+	for _, p := range drains {
+		n, err := a.allocate(ctx, p.StreamID, p.Keys, m)
+		a.note(link, p.StreamID, n)
+		a.mu.Lock()
+		a.demand[p.StreamID] = max(0, a.demand[p.StreamID]-n)
+		a.mu.Unlock()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", p.StreamID, err))
+		}
+	}
+	m.Lock()
+	plan := Plan(regular, a.store.StreamCount, func(id string) int { return granted[id] }, a.store.PoolCount(link), a.cfg.Period)
 	m.Unlock()
 	// The link is locked for one batch at a time: filling a new stream's
 	// buffer takes many batches, and an on-demand Fill (an SAE waiting)
 	// must not wait for all of them.
-	var errs []error
 	for _, p := range plan {
 		n, err := a.allocate(ctx, p.StreamID, p.Keys, m)
 		a.note(link, p.StreamID, n)
@@ -208,6 +234,12 @@ func (a *Allocator) cycleLink(ctx context.Context, link string, streams []keysto
 type Grant struct {
 	StreamID string
 	Keys     int
+}
+
+func (a *Allocator) demandOf(id string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.demand[id]
 }
 
 // Plan divides the available pool keys among streams by QoS. First, in order
@@ -306,10 +338,27 @@ func (a *Allocator) Fill(ctx context.Context, streamID, link string, want int) (
 	// Keys promised to streams of higher priority stay in the pool: an
 	// eager stream of low priority must not starve them between cycles.
 	var streams []keystore.Stream
+	draining := false
 	for _, st := range a.store.Streams() {
 		if st.Link == link && (!st.Draining || st.ID == streamID) {
 			streams = append(streams, st)
 		}
+		if st.ID == streamID {
+			draining = st.Draining
+		}
+	}
+	if draining {
+		// Before any promise; what the pool cannot give now, the next
+		// cycles give as keys arrive.
+		n, err := a.allocate(ctx, streamID, want, nil)
+		a.note(link, streamID, n)
+		a.mu.Lock()
+		if a.demand == nil {
+			a.demand = map[string]int{}
+		}
+		a.demand[streamID] = want - n
+		a.mu.Unlock()
+		return n, err
 	}
 	allowed := OnDemand(streams, streamID, a.store.StreamCount, a.store.PoolCount(link), a.cfg.Period)
 	if allowed <= 0 {

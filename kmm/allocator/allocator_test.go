@@ -508,22 +508,34 @@ func TestPlanCountsTheWholePeriod(t *testing.T) {
 }
 
 // TestDrainingStream: a stream of a rerouted key stream's earlier path gets
-// nothing from the cycle, nor does it hold keys back from the current one,
-// but it is served on demand (the pads its last relays need).
+// nothing from the cycle on its own, nor does it hold keys back from the
+// current one; what it asks for on demand (the pads its last relays need:
+// keys an SAE already has) comes before any promise, now from the pool and
+// the rest from the next cycles.
 func TestDrainingStream(t *testing.T) {
-	old := stream("old", 100, 100, 5)
+	old := stream("old", 100, 100, 0)
 	old.Draining = true
-	st := newFakeStore(old, stream("new", 1, 100, 0))
+	st := newFakeStore(old, stream("new", 1, 1000, 5))
 	st.supply("L", 50)
 	a := newAllocator(st, &fakeSyncer{unknown: map[string]bool{}}, "L")
 	a.Cycle(context.Background())
 	if st.inStream["old"] != 0 || st.inStream["new"] != 50 {
 		t.Fatalf("after a cycle: old %d, new %d; want 0 and 50", st.inStream["old"], st.inStream["new"])
 	}
+	// The pool holds 10; new is promised more than that, old asks for 16.
 	st.supply("L", 10)
-	n, err := a.Fill(context.Background(), "old", "L", 6)
-	if err != nil || n != 6 || st.inStream["old"] != 6 {
-		t.Fatalf("on demand: %d, %v (holds %d); want 6", n, err, st.inStream["old"])
+	n, err := a.Fill(context.Background(), "old", "L", 16)
+	if err != nil || n != 10 || st.inStream["old"] != 10 {
+		t.Fatalf("on demand: %d, %v (holds %d); want 10", n, err, st.inStream["old"])
+	}
+	st.supply("L", 20)
+	a.Cycle(context.Background())
+	if st.inStream["old"] != 16 || st.inStream["new"] != 64 {
+		t.Fatalf("next cycle: old %d, new %d; want 16 (its demand first) and 64", st.inStream["old"], st.inStream["new"])
+	}
+	a.Cycle(context.Background())
+	if st.inStream["old"] != 16 {
+		t.Fatalf("a demand met is not served again: old holds %d", st.inStream["old"])
 	}
 }
 
