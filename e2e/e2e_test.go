@@ -121,14 +121,25 @@ func clientTB(t testing.TB, n *testbed.Network, sae string) *etsi014client.Clien
 
 // encKeys retries while the KME answers 503 (no key yet), bounded by ctx.
 func encKeys(ctx context.Context, c *etsi014client.Client, slave string, req etsi014client.KeyRequest) (*etsi014client.KeyContainer, error) {
+	kc, err := retry503(ctx, func() (*etsi014client.KeyContainer, error) { return c.EncKeys(ctx, slave, req) })
+	if err != nil && ctx.Err() != nil {
+		return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+	}
+	return kc, err
+}
+
+// retry503 calls f until the KME answers anything but 503 (no key yet, a
+// relayed key still on its way) or ctx ends; it returns the last answer.
+func retry503[T any](ctx context.Context, f func() (T, error)) (T, error) {
 	for {
-		kc, err := c.EncKeys(ctx, slave, req)
+		v, err := f()
 		if etsi014client.StatusCode(err) != http.StatusServiceUnavailable {
-			return kc, err
+			return v, err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+			var zero T
+			return zero, err
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

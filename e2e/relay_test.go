@@ -28,17 +28,7 @@ func lineTopology() *testbed.Topology {
 // decKeys retries dec_keys while the slave's KME answers 503 (the key is
 // still being relayed).
 func decKeys(ctx context.Context, c *etsi014client.Client, master string, ids ...string) (*etsi014client.KeyContainer, error) {
-	for {
-		kc, err := c.DecKeys(ctx, master, ids...)
-		if etsi014client.StatusCode(err) != http.StatusServiceUnavailable {
-			return kc, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return retry503(ctx, func() (*etsi014client.KeyContainer, error) { return c.DecKeys(ctx, master, ids...) })
 }
 
 // TestKeyRelay has SAE_A and SAE_C, whose nodes share no QKD link, get
@@ -201,14 +191,7 @@ func TestRelayNodeKilled(t *testing.T) {
 // of two hops (through B or through D): the controller picks one, keys flow
 // both ways, and the streams of SAE_B and SAE_D across the ring too.
 func TestRing(t *testing.T) {
-	top := &testbed.Topology{}
-	for _, id := range []string{"A", "B", "C", "D"} {
-		top.Nodes = append(top.Nodes, testbed.TopoNode{ID: id, KMEID: "KME_" + id})
-		top.SAEs = append(top.SAEs, testbed.TopoSAE{ID: "SAE_" + id, Node: id})
-	}
-	for _, l := range [][2]string{{"A", "B"}, {"B", "C"}, {"C", "D"}, {"D", "A"}} {
-		top.Links = append(top.Links, testbed.TopoLink{ID: l[0] + l[1], A: l[0], B: l[1], Master: l[0], Kind: "DV-QKD", Driver: "emulator", KeyRate: 500, KeyBytes: 32})
-	}
+	top := ringTopology()
 	n := upWith(t, testbed.Options{Topology: top})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -14,17 +14,7 @@ import (
 
 // replaceKeys retries replace_keys while the KME answers 503.
 func replaceKeys(ctx context.Context, c *etsi014client.Client, slave string, ids ...string) (*etsi014client.KeyContainer, error) {
-	for {
-		kc, err := c.ReplaceKeys(ctx, slave, ids...)
-		if etsi014client.StatusCode(err) != http.StatusServiceUnavailable {
-			return kc, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return retry503(ctx, func() (*etsi014client.KeyContainer, error) { return c.ReplaceKeys(ctx, slave, ids...) })
 }
 
 // TestReplaceKeys replaces keys over REST on the rooftops A-B-C, one hop

@@ -88,24 +88,21 @@ const (
 // allNodes is every node of the application's current and earlier paths,
 // current path first.
 func (a *AppInfo) allNodes() []string {
-	out := slices.Clone(a.Nodes)
-	for _, d := range a.Drains {
-		for _, n := range d.Nodes {
-			if !slices.Contains(out, n) {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
+	return a.withDrains(a.Nodes, func(r Route) []string { return r.Nodes })
 }
 
 // allLinks is every link of the application's current and earlier paths.
 func (a *AppInfo) allLinks() []string {
-	out := slices.Clone(a.Path)
+	return a.withDrains(a.Path, func(r Route) []string { return r.Path })
+}
+
+// withDrains is cur followed by what of returns for each drain, once each.
+func (a *AppInfo) withDrains(cur []string, of func(Route) []string) []string {
+	out := slices.Clone(cur)
 	for _, d := range a.Drains {
-		for _, l := range d.Path {
-			if !slices.Contains(out, l) {
-				out = append(out, l)
+		for _, x := range of(d) {
+			if !slices.Contains(out, x) {
+				out = append(out, x)
 			}
 		}
 	}
