@@ -383,7 +383,7 @@ func (k *KMM) relayOnce(ctx context.Context, p RelayPlan) (int, error) {
 }
 
 // fillHopAsync runs fillHop in the background, one at a time per hop
-// stream; the relay loop is woken when it is done.
+// stream. Pads that arrive change the store, which wakes the relay loop.
 func (k *KMM) fillHopAsync(ctx context.Context, p RelayPlan, want int) {
 	k.relay.mu.Lock()
 	if k.relay.filling == nil {
@@ -402,7 +402,6 @@ func (k *KMM) fillHopAsync(ctx context.Context, p RelayPlan, want int) {
 		k.relay.mu.Lock()
 		delete(k.relay.filling, p.Out.Stream)
 		k.relay.mu.Unlock()
-		k.wakeRelay()
 	}()
 }
 
