@@ -96,6 +96,13 @@ func TestEmbeddedTopologies(t *testing.T) {
 		len(top.SAEs) != 2 || top.SAEs[0].ID != "SAE_A" || top.SAEs[1].Node != "B" {
 		t.Errorf("fig4 is not the paper's Fig. 4: %+v", top)
 	}
+	ring, err := LoadTopology("ring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ring.Nodes) != 4 || len(ring.Links) != 4 || len(ring.SAEs) != 4 || ring.Links[3].A != "D" || ring.Links[3].B != "A" {
+		t.Errorf("ring is not A-B-C-D-A with an SAE at each: %+v", ring)
+	}
 	bench, err := LoadTopology("bench")
 	if err != nil {
 		t.Fatal(err)
