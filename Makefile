@@ -80,13 +80,13 @@ bench-controller:
 ## fuzz: run every fuzz target for FUZZTIME each (default 20s); `make test` runs their seed corpora
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test -run XXX -fuzz '^FuzzKeyRequestDecode$$' -fuzztime $(FUZZTIME) ./agent/gateway/
-	$(GO) test -run XXX -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./qkd015/
-	$(GO) test -run XXX -fuzz '^FuzzParseTopology$$' -fuzztime $(FUZZTIME) ./testbed/
-	$(GO) test -run XXX -fuzz '^FuzzKeyID$$' -fuzztime $(FUZZTIME) ./kmm/keystore/
-	$(GO) test -run XXX -fuzz '^Fuzz004$$' -fuzztime $(FUZZTIME) ./kmm/
-	$(GO) test -run XXX -fuzz '^FuzzPeerMessages$$' -fuzztime $(FUZZTIME) ./kmm/
-	$(GO) test -run XXX -fuzz '^FuzzGNMI$$' -fuzztime $(FUZZTIME) ./controller/gnmiserver/
+	GO=$(GO) scripts/fuzz.sh FuzzKeyRequestDecode ./agent/gateway $(FUZZTIME)
+	GO=$(GO) scripts/fuzz.sh FuzzParse ./qkd015 $(FUZZTIME)
+	GO=$(GO) scripts/fuzz.sh FuzzParseTopology ./testbed $(FUZZTIME)
+	GO=$(GO) scripts/fuzz.sh FuzzKeyID ./kmm/keystore $(FUZZTIME)
+	GO=$(GO) scripts/fuzz.sh Fuzz004 ./kmm $(FUZZTIME)
+	GO=$(GO) scripts/fuzz.sh FuzzPeerMessages ./kmm $(FUZZTIME)
+	GO=$(GO) scripts/fuzz.sh FuzzGNMI ./controller/gnmiserver $(FUZZTIME)
 
 ## image: build the container image (needs Docker with BuildKit); IMAGE names it
 IMAGE ?= qkdnet:dev
