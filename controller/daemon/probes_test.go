@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,12 +106,22 @@ func TestRunProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics := freeAddr(t)
-	o := Options{ID: "c1", GRPCAddr: freeAddr(t), RaftAddr: freeAddr(t), MetricsAddr: metrics, DataDir: filepath.Join(dir, "raft"),
-		Bootstrap: true, CA: ca.Files().Cert, Cert: f.Cert, Key: f.Key}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, o, slog.New(slog.DiscardHandler)) }()
+	// The ports are free when picked, but another test process may take
+	// one before the replica binds it: then start again on new ones.
+	var metrics string
+	var cancel context.CancelFunc
+	var done chan error
+	start := func(attempt int) {
+		metrics = freeAddr(t)
+		o := Options{ID: "c1", GRPCAddr: freeAddr(t), RaftAddr: freeAddr(t), MetricsAddr: metrics, DataDir: filepath.Join(dir, fmt.Sprintf("raft%d", attempt)),
+			Bootstrap: true, CA: ca.Files().Cert, Cert: f.Cert, Key: f.Key}
+		var ctx context.Context
+		ctx, cancel = context.WithCancel(context.Background())
+		done = make(chan error, 1)
+		go func() { done <- Run(ctx, o, slog.New(slog.DiscardHandler)) }()
+	}
+	attempt := 0
+	start(attempt)
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -140,6 +152,12 @@ func TestRunProbes(t *testing.T) {
 		}
 		select {
 		case err := <-done:
+			if attempt < 5 && err != nil && strings.Contains(err.Error(), "address already in use") {
+				cancel()
+				attempt++
+				start(attempt)
+				continue
+			}
 			done <- err // for the deferred stop
 			t.Fatalf("replica stopped: %v", err)
 		case <-time.After(20 * time.Millisecond):
