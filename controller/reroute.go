@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"time"
 
@@ -66,17 +67,17 @@ func (c *Controller) reroutes() []move {
 // reroutes is the decision itself: an application moves when a link of its
 // path is disabled or reported OFF and choosePath finds another path.
 func reroutes(st *state.State, live map[string]nodeLive) []move {
-	var out []move
 	ld := loads(st, live)
+	if !slices.ContainsFunc(slices.Collect(maps.Values(ld)), func(l linkLoad) bool { return l.down }) {
+		return nil // the usual case, every tick: nothing to look at
+	}
+	var out []move
 	for _, a := range st.Apps() {
-		broken := slices.ContainsFunc(a.Path, func(name string) bool {
-			l, ok := st.Link(name)
-			return !ok || !l.Enabled || ld[name].down
-		})
+		broken := slices.ContainsFunc(a.Path, func(name string) bool { return ld[name].down })
 		if !broken || a.Gen >= state.MaxGen {
 			continue
 		}
-		path, err := choosePath(st, live, a.MasterNode, a.SlaveNode, a.QoS.MinBandwidth)
+		path, err := choosePathAmong(st, ld, a.MasterNode, a.SlaveNode, a.QoS.MinBandwidth)
 		if err != nil || slices.Equal(path, a.Path) {
 			continue
 		}

@@ -231,8 +231,9 @@ func (s *southbound) OpenApplication(ctx context.Context, req *qkdv1.OpenApplica
 // and its pool level.
 type linkLoad struct {
 	skr, reserved, pool uint64
-	// down is true when the link's Master node reports it OFF (its driver
-	// is not running): no new path uses it.
+	// down is true when the link is disabled or its Master node reports it
+	// OFF (its driver is not running): no new path uses it, and the
+	// applications on it are rerouted.
 	down bool
 }
 
@@ -246,10 +247,11 @@ func (l linkLoad) available() uint64 {
 func loads(st *state.State, live map[string]nodeLive) map[string]linkLoad {
 	out := map[string]linkLoad{}
 	for _, l := range st.Links() {
-		ld := linkLoad{}
+		ld := linkLoad{down: !l.Enabled}
 		for _, ls := range live[l.Master].status.GetLinks() {
 			if ls.GetLink() == l.Name {
-				ld.skr, ld.pool, ld.down = ls.GetSkr(), ls.GetPoolKeys(), ls.GetStatus() == "OFF"
+				ld.skr, ld.pool = ls.GetSkr(), ls.GetPoolKeys()
+				ld.down = ld.down || ls.GetStatus() == "OFF"
 			}
 		}
 		for _, id := range l.Apps {
@@ -266,7 +268,11 @@ func loads(st *state.State, live map[string]nodeLive) map[string]linkLoad {
 // and more key in their pool; with minBPS, only links that can still carry
 // it (a link whose rate is not measured yet is taken as able to).
 func choosePath(st *state.State, live map[string]nodeLive, from, to string, minBPS uint32) ([]string, error) {
-	ld := loads(st, live)
+	return choosePathAmong(st, loads(st, live), from, to, minBPS)
+}
+
+// choosePathAmong is choosePath with the links' loads given.
+func choosePathAmong(st *state.State, ld map[string]linkLoad, from, to string, minBPS uint32) ([]string, error) {
 	weight := func(l state.LinkInfo) float64 {
 		x := ld[l.Name]
 		if x.down {

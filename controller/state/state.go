@@ -109,6 +109,8 @@ func (a *AppInfo) withDrains(cur []string, of func(Route) []string) []string {
 	return out
 }
 
+// clone is a deep copy of a. Readers get shallow copies (App, Apps): the
+// state replaces an AppInfo's slices, never changes them in place.
 func (a *AppInfo) clone() *AppInfo {
 	cp := *a
 	cp.Path, cp.Nodes, cp.Masters = slices.Clone(a.Path), slices.Clone(a.Nodes), slices.Clone(a.Masters)
@@ -698,10 +700,7 @@ func (s *State) place(info *AppInfo, was []string) error {
 			case on && !has:
 				ql.QkdlApplications = append(ql.QkdlApplications, info.ID)
 			case !on && has:
-				ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == info.ID })
-				if len(ql.QkdlApplications) == 0 {
-					ql.QkdlApplications = nil
-				}
+				ql.QkdlApplications = withoutApp(ql.QkdlApplications, info.ID)
 			}
 		}
 	}
@@ -727,11 +726,18 @@ func (s *State) unplace(id, node string) {
 	t := s.nodes[node]
 	t.GetQkdApplications().DeleteQkdApp(id)
 	for _, ql := range qkd015.Links(t) {
-		ql.QkdlApplications = slices.DeleteFunc(ql.QkdlApplications, func(x string) bool { return x == id })
-		if len(ql.QkdlApplications) == 0 {
-			ql.QkdlApplications = nil
-		}
+		ql.QkdlApplications = withoutApp(ql.QkdlApplications, id)
 	}
+}
+
+// withoutApp is a link's qkdl_applications without id: nil when none is
+// left, so the leaf-list is absent rather than empty.
+func withoutApp(apps []string, id string) []string {
+	apps = slices.DeleteFunc(apps, func(x string) bool { return x == id })
+	if len(apps) == 0 {
+		return nil
+	}
+	return apps
 }
 
 // appEntry builds an application's qkd_app entry for node n: its hops on
@@ -947,7 +953,7 @@ func (s *State) App(id string) (AppInfo, bool) {
 	if !ok {
 		return AppInfo{}, false
 	}
-	return *a.clone(), true
+	return *a, true
 }
 
 func (s *State) sortedApps() []*AppInfo {
@@ -960,7 +966,7 @@ func (s *State) sortedApps() []*AppInfo {
 func (s *State) Apps() []AppInfo {
 	var out []AppInfo
 	for _, a := range s.sortedApps() {
-		out = append(out, *a.clone())
+		out = append(out, *a)
 	}
 	return out
 }
