@@ -356,13 +356,10 @@ func (k *KMM) openStream(ctx context.Context, master, slave string) (keystore.St
 	return st, link, nil
 }
 
-// EnsureStream creates a key stream the controller configured, if this KMM
-// does not hold it yet (or holds it on another link), so that the link's
-// Master starts allocating to it before any SAE asks.
-func (k *KMM) EnsureStream(st keystore.Stream) error { return k.EnsureStreams([]keystore.Stream{st}) }
-
-// EnsureStreams is EnsureStream for the streams of a whole configuration,
-// written in one transaction.
+// EnsureStreams creates the key streams a configuration from the controller
+// names that this KMM does not hold yet (or holds on another link, or with
+// another QoS or draining mark), in one transaction, so that each link's
+// Master starts allocating to them before any SAE asks.
 func (k *KMM) EnsureStreams(sts []keystore.Stream) error {
 	var write []keystore.Stream
 	var created []bool
@@ -396,14 +393,14 @@ func (k *KMM) EnsureStreams(sts []keystore.Stream) error {
 		// the first key at both ends right after OPEN_CONNECT) finds them,
 		// and a relay node can start relaying.
 		if l, ok := k.topo.LinkByID(st.Link); created[i] && !st.Draining && ok && l.Master {
-			go k.prefill(st)
+			go k.giveFirstKeys(st)
 		}
 	}
 	return nil
 }
 
-// prefill gives a new stream its first keys.
-func (k *KMM) prefill(st keystore.Stream) {
+// giveFirstKeys allocates a new stream its first prefill keys.
+func (k *KMM) giveFirstKeys(st keystore.Stream) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	// The peer KMM may get the controller's push a moment after this one
@@ -498,10 +495,7 @@ func (k *KMM) OpenStream(ctx context.Context, peer string, st keystore.Stream) (
 	if !l.Master {
 		return keystore.Stream{}, keysync.ErrNotMaster
 	}
-	if st.QoS == (keystore.QoS{}) {
-		st.QoS = k.set.DefaultQoS
-	}
-	out, err := k.store.PutStream(k.planned(st))
+	out, err := k.store.PutStream(k.fromPeer(st))
 	if err == nil {
 		k.alloc.Wake()
 	}
@@ -520,6 +514,16 @@ func (k *KMM) Apply(ctx context.Context, peer, batchID string, st keystore.Strea
 	return k.store.Apply(batchID, k.planned(st), firstSeq, keyIDs)
 }
 
+// fromPeer is a stream a peer KMM asked this (Master) KMM to open or fill,
+// as it is stored here: with the default QoS if it names none, and where its
+// sequence numbers start and whether it drains as this node's plans say.
+func (k *KMM) fromPeer(st keystore.Stream) keystore.Stream {
+	if st.QoS == (keystore.QoS{}) {
+		st.QoS = k.set.DefaultQoS
+	}
+	return k.planned(st)
+}
+
 // maxOnDemand bounds what one on-demand request may pull out of a pool.
 const maxOnDemand = 1 << 20
 
@@ -534,10 +538,7 @@ func (k *KMM) RequestAllocation(ctx context.Context, peer string, st keystore.St
 		return 0, keysync.ErrNotMaster
 	}
 	if have, ok := k.store.Stream(st.ID); !ok || have.Link != st.Link {
-		if st.QoS == (keystore.QoS{}) {
-			st.QoS = k.set.DefaultQoS
-		}
-		if _, err := k.store.PutStream(k.planned(st)); err != nil {
+		if _, err := k.store.PutStream(k.fromPeer(st)); err != nil {
 			return 0, err
 		}
 	}

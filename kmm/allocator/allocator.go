@@ -202,30 +202,30 @@ func (a *Allocator) cycleLink(ctx context.Context, link string, streams []keysto
 		}
 	}
 	m.Unlock()
-	// First what draining streams asked for, then the plan, made after them.
+	// The link is locked for one batch at a time: filling a new stream's
+	// buffer takes many batches, and an on-demand Fill (an SAE waiting)
+	// must not wait for all of them.
 	var errs []error
-	for _, p := range drains {
+	give := func(p Grant) int {
 		n, err := a.allocate(ctx, p.StreamID, p.Keys, m)
 		a.note(link, p.StreamID, n)
-		a.mu.Lock()
-		a.demand[p.StreamID] = max(0, a.demand[p.StreamID]-n)
-		a.mu.Unlock()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("stream %s: %w", p.StreamID, err))
 		}
+		return n
+	}
+	// First what draining streams asked for, then the plan, made after them.
+	for _, p := range drains {
+		n := give(p)
+		a.mu.Lock()
+		a.demand[p.StreamID] = max(0, a.demand[p.StreamID]-n)
+		a.mu.Unlock()
 	}
 	m.Lock()
 	plan := Plan(regular, a.store.StreamCount, func(id string) int { return granted[id] }, a.store.PoolCount(link), a.cfg.Period)
 	m.Unlock()
-	// The link is locked for one batch at a time: filling a new stream's
-	// buffer takes many batches, and an on-demand Fill (an SAE waiting)
-	// must not wait for all of them.
 	for _, p := range plan {
-		n, err := a.allocate(ctx, p.StreamID, p.Keys, m)
-		a.note(link, p.StreamID, n)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("stream %s: %w", p.StreamID, err))
-		}
+		give(p)
 	}
 	return errors.Join(errs...)
 }
@@ -396,14 +396,13 @@ func OnDemand(streams []keystore.Stream, id string, held func(streamID string) i
 	return max(0, available-reserve)
 }
 
-// allocate reserves up to n keys in batches, synchronises each with the
-// Slave KMM and commits it. It stops at the first batch the pool cannot
-// supply or the Slave does not answer.
 // firstBatch bounds the first batch allocated to an empty stream.
 const firstBatch = 32
 
-// allocate moves n pool keys to a stream in batches. With lock, it holds
-// lock for each batch; without, the caller holds the link lock.
+// allocate reserves up to n keys in batches, synchronises each with the
+// Slave KMM and commits it. It stops at the first batch the pool cannot
+// supply or the Slave does not answer. With lock, it holds lock for each
+// batch; without, the caller holds the link lock.
 func (a *Allocator) allocate(ctx context.Context, streamID string, n int, lock sync.Locker) (int, error) {
 	total := 0
 	for first := true; n > 0; first = false {

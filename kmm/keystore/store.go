@@ -721,13 +721,11 @@ const appendFill = 1.0
 // PutStream creates a stream or updates its QoS and Draining; an existing
 // stream keeps its link and sequence counter.
 func (s *Store) PutStream(st Stream) (Stream, error) {
-	var out Stream
-	err := s.update(func(tx *bolt.Tx) error {
-		var err error
-		out, err = s.putStream(tx, st)
-		return err
-	})
-	return out, err
+	out, err := s.PutStreams([]Stream{st})
+	if err != nil {
+		return Stream{}, err
+	}
+	return out[0], nil
 }
 
 // PutStreams is PutStream for several streams in one transaction (one
