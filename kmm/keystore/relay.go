@@ -64,15 +64,9 @@ func (s *Store) EraseSeqs(seqs map[string][]uint64, what string) error {
 			if b == nil {
 				continue
 			}
-			n := 0
-			for _, q := range list {
-				if b.Get(u64(q)) == nil {
-					continue
-				}
-				if err := b.Delete(u64(q)); err != nil {
-					return err
-				}
-				n++
+			n, err := deleteSeqs(b, list...)
+			if err != nil {
+				return err
 			}
 			s.afterCommit(tx, func() { s.inStream[stream] -= n })
 			deltas[streamCounter(stream, what)] += uint64(n)
@@ -202,4 +196,23 @@ func (s *Store) PutRelayed(streamID, padStream string, items []RelayItem, verify
 // relayMark is the key of the mark that a relayed key arrived.
 func relayMark(stream string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(append([]byte(stream), 0), seq)
+}
+
+// deleteSeqs deletes the keys at seqs from a stream's bucket (nil: none)
+// and returns how many were there.
+func deleteSeqs(b *bolt.Bucket, seqs ...uint64) (int, error) {
+	if b == nil {
+		return 0, nil
+	}
+	n := 0
+	for _, q := range seqs {
+		if b.Get(u64(q)) == nil {
+			continue
+		}
+		if err := b.Delete(u64(q)); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }

@@ -194,17 +194,9 @@ func (s *Store) Revoke(stream string, keys []RevokeKey, pads []string, commit bo
 			return err
 		}
 		now := s.now().UnixNano()
-		erased := 0
-		if b := tx.Bucket(bucketKeys).Bucket([]byte(stream)); b != nil {
-			for _, q := range claimed {
-				if b.Get(u64(q)) == nil {
-					continue
-				}
-				if err := b.Delete(u64(q)); err != nil {
-					return err
-				}
-				erased++
-			}
+		erased, err := deleteSeqs(tx.Bucket(bucketKeys).Bucket([]byte(stream)), claimed...)
+		if err != nil {
+			return err
 		}
 		padsErased := map[string]int{}
 		for i, f := range found {
@@ -214,14 +206,13 @@ func (s *Store) Revoke(stream string, keys []RevokeKey, pads []string, commit bo
 					return err
 				}
 				for _, ps := range pads {
-					pb := tx.Bucket(bucketKeys).Bucket([]byte(ps))
-					if pb == nil || pb.Get(u64(q)) == nil {
-						continue
-					}
-					if err := pb.Delete(u64(q)); err != nil {
+					n, err := deleteSeqs(tx.Bucket(bucketKeys).Bucket([]byte(ps)), q)
+					if err != nil {
 						return err
 					}
-					padsErased[ps]++
+					if n > 0 {
+						padsErased[ps] += n
+					}
 				}
 			}
 		}
