@@ -116,15 +116,8 @@ func (k *KMM) currentGen(base string) (uint32, string) {
 // planned fills in what this node's plans say of a stream a peer KMM named:
 // where its sequence numbers start and whether it drains.
 func (k *KMM) planned(st keystore.Stream) keystore.Stream {
-	k.relay.mu.Lock()
-	defer k.relay.mu.Unlock()
-	for _, p := range k.relay.plans {
-		for _, h := range []*RelayHop{p.In, p.Out} {
-			if h != nil && h.Stream == st.ID {
-				st.FirstSeq, st.Draining = GenFirstSeq(p.Gen), p.Draining
-				return st
-			}
-		}
+	if p, _, ok := k.hopNamed(st.ID); ok {
+		st.FirstSeq, st.Draining = GenFirstSeq(p.Gen), p.Draining
 	}
 	return st
 }
@@ -227,16 +220,24 @@ func (k *KMM) relayed(s string) bool {
 // hopOf finds the plan hop that a peer's keysync message about stream id
 // on link is for.
 func (k *KMM) hopOf(id, link, peer string) bool {
+	_, h, ok := k.hopNamed(id)
+	return ok && h.Link == link && h.Peer == peer
+}
+
+// hopNamed finds the plan hop whose stream is id, and its plan. A hop
+// stream belongs to one hop of one plan at a node (its ID names the key
+// stream, the generation and the hop).
+func (k *KMM) hopNamed(id string) (RelayPlan, RelayHop, bool) {
 	k.relay.mu.Lock()
 	defer k.relay.mu.Unlock()
 	for _, p := range k.relay.plans {
 		for _, h := range []*RelayHop{p.In, p.Out} {
-			if h != nil && h.Stream == id && h.Link == link && h.Peer == peer {
-				return true
+			if h != nil && h.Stream == id {
+				return p, *h, true
 			}
 		}
 	}
-	return false
+	return RelayPlan{}, RelayHop{}, false
 }
 
 // relayWarnEvery is the least time between two warnings of failed relays
