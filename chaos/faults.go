@@ -11,10 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/qkdnet/qkdnet/controller/ctlclient"
-	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/testbed"
 )
 
@@ -201,12 +197,12 @@ func (in *injector) inject(ctx context.Context, kind string) error {
 		link := links[in.rng.IntN(len(links))].ID
 		d := in.between(time.Second, 5*time.Second)
 		in.log("fault", "kind", kind, "target", "QKD link "+link, "for", d.Round(time.Millisecond))
-		if err := in.enableLink(heal, link, false); err != nil {
+		if err := in.n.EnableLink(heal, link, false); err != nil {
 			return err
 		}
 		in.count(kind)
 		hold(ctx, d)
-		if err := in.enableLink(heal, link, true); err != nil {
+		if err := in.n.EnableLink(heal, link, true); err != nil {
 			return err
 		}
 		in.log("healed", "kind", kind, "target", "QKD link "+link)
@@ -214,20 +210,6 @@ func (in *injector) inject(ctx context.Context, kind string) error {
 		return fmt.Errorf("unknown fault kind %q", kind)
 	}
 	return nil
-}
-
-// enableLink enables or disables a link through the controller, retrying
-// while there is no leader (a controller fault may have just healed).
-func (in *injector) enableLink(ctx context.Context, link string, on bool) error {
-	cl, err := in.n.ControllerClient()
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	return cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
-		_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: link, Enable: on})
-		return err
-	})
 }
 
 func (in *injector) count(kind string) {

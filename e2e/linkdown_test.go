@@ -7,11 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
-	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/etsi014client"
-	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/testbed"
 )
 
@@ -30,20 +26,7 @@ func TestLinkDownAndBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b := client(t, n, "SAE_A"), client(t, n, "SAE_B")
-	cl, err := n.ControllerClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	enable := func(on bool) {
-		err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
-			_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: "AB", Enable: on})
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	enable := func(on bool) { linkSwitch(ctx, t, n)("AB", on) }
 	linkStatus := func() string {
 		for _, l := range network(t, n).GetLinks() {
 			if l.GetName() == "AB" {

@@ -8,10 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/qkdnet/qkdnet/controller/ctlclient"
 	"github.com/qkdnet/qkdnet/etsi014client"
 	qkdv1 "github.com/qkdnet/qkdnet/gen/go/qkd/v1"
 	"github.com/qkdnet/qkdnet/testbed"
@@ -191,17 +189,9 @@ func ringTopology() *testbed.Topology {
 // linkSwitch returns a function that enables or disables a link through the
 // controller (disabling stops its drivers at both ends).
 func linkSwitch(ctx context.Context, t *testing.T, n *testbed.Network) func(link string, on bool) {
-	cl, err := n.ControllerClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cl.Close() })
 	return func(link string, on bool) {
 		t.Helper()
-		if err := cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
-			_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: link, Enable: on})
-			return err
-		}); err != nil {
+		if err := n.EnableLink(ctx, link, on); err != nil {
 			t.Fatal(err)
 		}
 	}

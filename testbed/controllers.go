@@ -50,6 +50,21 @@ func (n *Network) ControllerClient() (*ctlclient.Client, error) {
 	return ctlclient.New(n.plan.Endpoints.ControllerAddrs(), cfg)
 }
 
+// EnableLink enables or disables a QKD link through the controller, as
+// `qkdctl enable-link`/`disable-link` do (disabled, its drivers stop),
+// following the leader until ctx ends.
+func (n *Network) EnableLink(ctx context.Context, link string, on bool) error {
+	cl, err := n.ControllerClient()
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	return cl.Do(ctx, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := ctlclient.Network(cc).EnableLink(ctx, &qkdv1.EnableLinkRequest{Name: link, Enable: on})
+		return err
+	})
+}
+
 func (n *Network) operatorTLS() (*tls.Config, error) {
 	return pki.ClientTLS(filepath.Join(n.plan.StateDir, filepath.FromSlash(n.plan.Endpoints.CACert)), n.plan.Operator.Cert, n.plan.Operator.Key)
 }
