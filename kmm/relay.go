@@ -105,10 +105,8 @@ func genOfSeq(seq uint64) uint32 { return uint32(seq >> genShift) }
 func (k *KMM) currentGen(base string) (uint32, string) {
 	k.relay.mu.Lock()
 	defer k.relay.mu.Unlock()
-	for _, p := range k.relay.plans {
-		if p.Base == base && !p.Draining {
-			return p.Gen, p.Stream
-		}
+	if p, ok := k.relay.current[base]; ok {
+		return p.Gen, p.Stream
 	}
 	return 0, base
 }
@@ -126,7 +124,11 @@ func (k *KMM) planned(st keystore.Stream) keystore.Stream {
 type relays struct {
 	mu    sync.Mutex
 	plans map[string]RelayPlan // by end-to-end stream
-	wake  chan struct{}
+	// The same plans by key stream (the current generation's only) and by
+	// hop stream, for the lookups of every SAE request and peer message.
+	current map[string]RelayPlan
+	byHop   map[string]RelayPlan
+	wake    chan struct{}
 	// applied is closed (and replaced) by every SetRelays: a configuration
 	// from the controller has been applied.
 	applied chan struct{}
@@ -138,15 +140,23 @@ type relays struct {
 // controller pushed). The agent calls it last when it applies a pushed
 // configuration, so it also tells messages waiting for one (awaitConfig).
 func (k *KMM) SetRelays(plans []RelayPlan) {
-	m := map[string]RelayPlan{}
+	m, current, byHop := map[string]RelayPlan{}, map[string]RelayPlan{}, map[string]RelayPlan{}
 	for _, p := range plans {
 		if p.Base == "" {
 			p.Base = p.Stream
 		}
 		m[p.Stream] = p
+		if !p.Draining {
+			current[p.Base] = p
+		}
+		for _, h := range []*RelayHop{p.In, p.Out} {
+			if h != nil {
+				byHop[h.Stream] = p
+			}
+		}
 	}
 	k.relay.mu.Lock()
-	k.relay.plans = m
+	k.relay.plans, k.relay.current, k.relay.byHop = m, current, byHop
 	if k.relay.applied != nil {
 		close(k.relay.applied)
 	}
@@ -230,14 +240,14 @@ func (k *KMM) hopOf(id, link, peer string) bool {
 func (k *KMM) hopNamed(id string) (RelayPlan, RelayHop, bool) {
 	k.relay.mu.Lock()
 	defer k.relay.mu.Unlock()
-	for _, p := range k.relay.plans {
-		for _, h := range []*RelayHop{p.In, p.Out} {
-			if h != nil && h.Stream == id {
-				return p, *h, true
-			}
-		}
+	p, ok := k.relay.byHop[id]
+	if !ok {
+		return RelayPlan{}, RelayHop{}, false
 	}
-	return RelayPlan{}, RelayHop{}, false
+	if p.In != nil && p.In.Stream == id {
+		return p, *p.In, true
+	}
+	return p, *p.Out, true
 }
 
 // relayWarnEvery is the least time between two warnings of failed relays
