@@ -23,9 +23,13 @@ import (
 )
 
 // fastReconnect makes a client reconnect within milliseconds after a server
-// restart, instead of gRPC's default second or more.
+// restart, instead of gRPC's default second or more. MinConnectTimeout must
+// be set with it: left zero, a connection attempt gets only the backoff's
+// 5 ms to finish its handshake, and on a busy machine gRPC closes the new
+// connection under the first stream ("transport is closing", Unavailable).
 var fastReconnect = grpc.WithConnectParams(grpc.ConnectParams{
-	Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
+	Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond},
+	MinConnectTimeout: 5 * time.Second,
 })
 
 // Serve serves what register puts on a new in-memory gRPC server until the
